@@ -1,0 +1,37 @@
+"""Routes for /datasets: upload, list, get."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+
+from app.api import datasets_service
+from app.auth import CallerDep, SessionDep
+from app.schemas import DatasetPublic, DatasetsPublic
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=201, response_model=DatasetPublic)
+def upload_dataset(
+    caller: CallerDep,
+    session: SessionDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="JSONL, JSON array, CSV, TSV or Parquet")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> DatasetPublic:
+    dataset, created = datasets_service.create_dataset(session, caller, file.file, file.filename, name)
+    if not created:
+        response.status_code = 200  # the same file again: the dataset that already holds it
+    return DatasetPublic.of(dataset)
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(
+    caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> DatasetsPublic:
+    return DatasetsPublic(data=[DatasetPublic.of(d) for d in datasets_service.list_datasets(session, caller, limit)])
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DatasetPublic:
+    return DatasetPublic.of(datasets_service.get_dataset(session, caller, dataset_id))

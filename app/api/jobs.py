@@ -1,0 +1,116 @@
+"""Routes for /jobs: submit, list, get, cancel, metrics, artifacts."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from app.api import jobs_service
+from app.auth import CallerDep, SessionDep
+from app.curves import downsample_min_max
+from app.queue import enqueue_training
+from app.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    EvalPoint,
+    JobPublic,
+    JobsPublic,
+    MetricsPublic,
+    TrainPoint,
+)
+from app.spec import JobSpec
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+Status = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def submit_job(
+    spec: JobSpec,
+    caller: CallerDep,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    job, created = jobs_service.create_job(session, caller, spec, idempotency_key)
+    session.commit()  # the job is on record before any worker can hear of it
+    if created:
+        enqueue_training(job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    caller: CallerDep,
+    session: SessionDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobsPublic:
+    jobs, next_cursor = jobs_service.list_jobs(session, caller, status, limit, cursor)
+    return JobsPublic(data=[JobPublic.of(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
+    return JobPublic.of(jobs_service.get_job(session, caller, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
+    return JobPublic.of(jobs_service.cancel_job(session, caller, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def get_metrics(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    since_step: Annotated[int | None, Query(ge=0, description="Only points with step > since_step.")] = None,
+    max_points: Annotated[int | None, Query(ge=2, le=100_000, description="Downsample, keeping spikes.")] = None,
+) -> MetricsPublic:
+    job = jobs_service.get_job(session, caller, job_id)
+    train = jobs_service.metric_points(session, job, "train", since_step)
+    evals = jobs_service.metric_points(session, job, "eval", since_step)
+    if max_points:
+        train = downsample_min_max(train, max_points, lambda p: p.loss)
+        evals = downsample_min_max(evals, max_points, lambda p: p.loss)
+    return MetricsPublic(
+        job_id=job.id,
+        status=job.status,
+        train=[TrainPoint.of(p) for p in train],
+        eval=[EvalPoint.of(p) for p in evals],
+    )
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+def list_artifacts(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+    job = jobs_service.get_job(session, caller, job_id)
+    return ArtifactsPublic(
+        data=[
+            ArtifactPublic(
+                name=a.name,
+                kind=a.kind,
+                size_bytes=a.size_bytes,
+                sha256=a.sha256,
+                step=a.step,
+                created_at=a.created_at,
+                download_url=str(request.url_for("download_artifact", job_id=job.id, name=a.name)),
+            )
+            for a in jobs_service.list_artifacts(session, job)
+        ]
+    )
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, name="download_artifact")
+def download_artifact(job_id: str, name: str, caller: CallerDep, session: SessionDep) -> FileResponse:
+    job = jobs_service.get_job(session, caller, job_id)
+    artifact, path = jobs_service.artifact_file(session, job, name)
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"{job.id}-{artifact.name}.tar.gz",
+        headers={"X-Content-SHA256": artifact.sha256},
+    )

@@ -1,0 +1,152 @@
+"""Jobs: submit (checked against the caller's data), read, list, cancel, metrics and artifacts."""
+
+import base64
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import events, storage
+from app.api.datasets_service import get_dataset
+from app.auth import Caller
+from app.config import settings
+from app.errors import Conflict, Invalid, NotFound
+from app.models import Artifact, Job, MetricPoint, utcnow
+from app.spec import HubDataset, JobSpec
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _check_dataset_columns(session: Session, caller: Caller, field: str, ref: str | HubDataset, spec: JobSpec) -> None:
+    if isinstance(ref, HubDataset):
+        return  # columns of a hub dataset are only known on the worker
+    try:
+        dataset = get_dataset(session, caller, ref)
+    except NotFound as exc:
+        raise Invalid(f"{field}: {exc.detail}") from None
+    missing = [c for c in spec.format.columns() if c not in dataset.columns]
+    if missing:
+        raise Invalid(
+            f"format: column(s) {', '.join(map(repr, missing))} not in {field} {dataset.id} "
+            f"(its columns: {', '.join(dataset.columns)})"
+        )
+
+
+def _check_base_model(base_model: str) -> None:
+    local = settings.resolved_models_dir / base_model
+    if not local.is_dir():
+        return  # a hub id: resolved on the worker, which has the network and names a missing model clearly
+    if not (local / "config.json").is_file():
+        raise Invalid(f"base_model: {base_model!r} in FT_MODELS_DIR has no config.json")
+    if not any(local.glob("*.safetensors")):
+        raise Invalid(f"base_model: {base_model!r} has no .safetensors weights (pickled weights are never loaded)")
+
+
+def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> None:
+    """The checks that need the database and disk; the spec itself is already valid."""
+    _check_base_model(spec.base_model)
+    _check_dataset_columns(session, caller, "dataset", spec.dataset, spec)
+    if spec.validation_dataset is not None:
+        _check_dataset_columns(session, caller, "validation_dataset", spec.validation_dataset, spec)
+
+
+def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    """Record a queued job; returns (job, created). Commit, then enqueue: the caller does both."""
+    if idempotency_key:
+        existing = session.scalar(
+            select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            return existing, False
+    validate_submission(session, caller, spec)
+    job = Job(
+        tenant=caller.tenant,
+        name=spec.name,
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        dataset_id=spec.dataset if isinstance(spec.dataset, str) else None,
+        idempotency_key=idempotency_key,
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:  # two retries with one Idempotency-Key raced; the other one won
+        session.rollback()
+        return session.scalar(
+            select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
+        ), False
+    return job, True
+
+
+def get_job(session: Session, caller: Caller, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant != caller.tenant:
+        raise NotFound(f"job {job_id!r} not found; list yours with GET /jobs")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("cursor: not a cursor this API returned; pass next_cursor from a previous page") from None
+
+
+def list_jobs(
+    session: Session, caller: Caller, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    query = select(Job).where(Job.tenant == caller.tenant)
+    if status:
+        query = query.where(Job.status == status)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
+    """Queued: cancelled at once. Running: cancelling; the worker stops at its next step."""
+    job = get_job(session, caller, job_id)
+    if job.status in TERMINAL:
+        raise Conflict(f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled")
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+    elif job.status == "running":
+        job.status = "cancelling"
+    session.flush()
+    events.request_cancel(job.id)
+    events.publish(job.id, "status", {"status": job.status})
+    return job
+
+
+def metric_points(session: Session, job: Job, split: str, since_step: int | None) -> list[MetricPoint]:
+    query = select(MetricPoint).where(MetricPoint.job_id == job.id, MetricPoint.split == split)
+    if since_step is not None:
+        query = query.where(MetricPoint.step > since_step)
+    return list(session.scalars(query.order_by(MetricPoint.step)))
+
+
+def list_artifacts(session: Session, job: Job) -> list[Artifact]:
+    query = select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at, Artifact.name)
+    return list(session.scalars(query))
+
+
+def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, Path]:
+    artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+    if artifact is None:
+        if name == "adapter":
+            raise Conflict(f"job {job.id} is {job.status}: the adapter exists once the job has succeeded")
+        raise NotFound(f"job {job.id} has no artifact {name!r}; see GET /jobs/{job.id}/artifacts")
+    path = storage.resolve(artifact.path)
+    if not path.is_file():
+        raise Conflict(f"artifact {name!r} of job {job.id} is recorded but its file is missing from storage")
+    return artifact, path

@@ -1,0 +1,74 @@
+"""API keys: random, prefixed, shown once, stored as a SHA-256 hash and compared in constant time."""
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import Unauthorized
+from app.models import ApiKey
+
+KEY_PREFIX = "ft_"
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    tenant: str
+    is_admin: bool
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough; a slow KDF would only slow every request.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, tenant: str | None = None, is_admin: bool = False) -> str:
+    """Store a new key and return it in clear text: the only time it is ever seen."""
+    lookup = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{lookup}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(name=name, tenant=tenant or name, prefix=lookup, key_hash=hash_key(key), is_admin=is_admin))
+    session.flush()
+    return key
+
+
+def authenticate(session: Session, authorization: str | None) -> Caller:
+    hint = "send `Authorization: Bearer <key>`; make a key with `ftctl keys create NAME`"
+    if not authorization:
+        raise Unauthorized(f"missing API key: {hint}", headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or key.count("_") < 2:
+        raise Unauthorized(f"malformed Authorization header: {hint}", headers={"WWW-Authenticate": "Bearer"})
+    lookup = key[len(KEY_PREFIX) :].split("_", 1)[0]
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == lookup, ApiKey.revoked_at.is_(None)))
+    if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
+        raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return Caller(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
+
+
+def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator dependency
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_caller(request: Request, session: SessionDep) -> Caller:
+    return authenticate(session, request.headers.get("authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

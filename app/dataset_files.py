@@ -1,0 +1,149 @@
+"""Parse an uploaded dataset file (JSONL, JSON array, CSV, TSV, Parquet) into rows, naming bad rows."""
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.errors import Invalid, UnsupportedMediaType
+
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
+PARQUET_MAGIC = b"PAR1"
+
+
+@dataclass
+class ParsedDataset:
+    format: str
+    rows: list[dict[str, Any]]
+    columns: list[str]
+
+
+def detect_format(filename: str, head: bytes) -> str:
+    """By extension first, then by content; 415 when neither says what it is."""
+    suffix = Path(filename).suffix.lower()
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"["):
+        return "json"
+    if stripped.startswith(b"{"):
+        return "jsonl"
+    first_line = stripped.split(b"\n", 1)[0]
+    if b"\t" in first_line:
+        return "tsv"
+    if b"," in first_line:
+        return "csv"
+    raise UnsupportedMediaType(
+        f"cannot tell the format of {filename!r}: upload JSONL, JSON (an array of objects), CSV, TSV or Parquet "
+        "with a matching extension"
+    )
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise Invalid(
+            f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); re-save it as UTF-8"
+        ) from None
+
+
+def _check_object(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise Invalid(f"{where}: expected a JSON object with your columns, got {type(row).__name__}")
+    if not row:
+        raise Invalid(f"{where}: the object is empty")
+    return row
+
+
+def _parse_jsonl(text: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise Invalid(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        rows.append(_check_object(value, f"line {number}"))
+    return rows
+
+
+def _parse_json(text: str) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(value, list):
+        raise Invalid("a .json dataset must be an array of objects (or upload JSON Lines as .jsonl)")
+    return [_check_object(row, f"item {i}") for i, row in enumerate(value)]
+
+
+def _parse_delimited(text: str, delimiter: str) -> list[dict[str, Any]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    except csv.Error as exc:
+        raise Invalid(f"line 1: {exc}") from None
+    if len(set(header)) != len(header) or any(not h.strip() for h in header):
+        raise Invalid("line 1: the header needs a unique, non-empty name for every column")
+    rows = []
+    try:
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise Invalid(
+                    f"line {reader.line_num}: {len(fields)} fields, but the header has {len(header)} "
+                    f"({', '.join(header)}); quote fields that contain the delimiter"
+                )
+            rows.append(dict(zip(header, fields, strict=True)))
+    except csv.Error as exc:
+        raise Invalid(f"line {reader.line_num}: {exc}") from None
+    return rows
+
+
+def _parse_parquet(data: bytes) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq  # pyarrow is heavy; only Parquet uploads pay for it
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise Invalid(f"not a readable Parquet file: {exc}") from None
+    return table.to_pylist()
+
+
+def parse_dataset(filename: str, data: bytes) -> ParsedDataset:
+    if not data.strip():
+        raise Invalid("the file is empty: upload at least one row")
+    fmt = detect_format(filename, data[:4096])
+    if fmt == "parquet":
+        rows = _parse_parquet(data)
+    else:
+        text = _decode(data)
+        rows = {
+            "jsonl": _parse_jsonl,
+            "json": _parse_json,
+            "csv": lambda t: _parse_delimited(t, ","),
+            "tsv": lambda t: _parse_delimited(t, "\t"),
+        }[fmt](text)
+    if not rows:
+        raise Invalid("the file has no rows: upload at least one example")
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return ParsedDataset(format=fmt, rows=rows, columns=list(columns))

@@ -1,0 +1,83 @@
+"""Domain errors carry their HTTP status and a message a user can act on; one handler renders them."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class DomainError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+        self.headers = headers
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+
+class Conflict(DomainError):
+    status_code = 409
+
+
+class TooLarge(DomainError):
+    status_code = 413
+
+
+class UnsupportedMediaType(DomainError):
+    status_code = 415
+
+
+class Invalid(DomainError):
+    status_code = 422
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    # Drop pydantic's discriminator tags (e.g. `format.template.template` -> `format.template`).
+    cleaned: list[str] = []
+    for part in parts:
+        if cleaned and part in ("text", "template", "prompt_completion", "chat") and cleaned[-1] == "format":
+            continue
+        cleaned.append(part)
+    return ".".join(cleaned) or "body"
+
+
+def validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    """A one-line human summary plus a list of {field, message} for a set of pydantic errors."""
+    problems = []
+    for err in errors:
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field; remove it (see the job spec in the API docs)"
+        problems.append({"field": _location(tuple(err["loc"])), "message": message})
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return summary, problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        summary, problems = validation_detail(list(exc.errors()))
+        return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "no such endpoint; see /docs for the API"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))

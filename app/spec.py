@@ -1,0 +1,190 @@
+"""The job spec (body of POST /jobs): one pydantic model, every field defaulted and documented."""
+
+import re
+import string
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+LOCAL_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a `{column}` template uses; refuses anything but plain names.
+
+    A template is user input: `{x.__class__}` or `{x[0]}` would reach into Python objects, so only
+    identifiers are allowed, with no conversion or format spec. `{{` and `}}` are literal braces.
+    """
+    fields: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"template is not valid: {exc} (write literal braces as {{{{ and }}}})") from exc
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() and not re.fullmatch(r"[\w -]+", name or ""):
+            raise ValueError(f"template field {{{name}}} must be a plain column name")
+        if spec or conversion:
+            raise ValueError(f"template field {{{name}}} must not carry a conversion or format spec")
+        fields.append(name)
+    return fields
+
+
+class HubDataset(StrictModel):
+    hub: str = Field(description="A Hugging Face Hub dataset id, e.g. `Abirate/english_quotes`.")
+    split: str = Field("train", description="Which split to train on.")
+
+    @field_validator("hub")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not HUB_ID.fullmatch(value):
+            raise ValueError("hub must be a dataset id like `owner/name` (no URLs or paths)")
+        return value
+
+
+class TextFormat(StrictModel):
+    type: Literal["text"] = "text"
+    field: str = Field("text", description="The column trained on as is.")
+
+    def columns(self) -> list[str]:
+        return [self.field]
+
+
+class TemplateFormat(StrictModel):
+    type: Literal["template"] = "template"
+    template: str = Field(description="A `{column}` template rendered per row, e.g. `{quote} ->: {tags}`.")
+
+    @field_validator("template")
+    @classmethod
+    def _fields(cls, value: str) -> str:
+        if not template_fields(value):
+            raise ValueError("template must name at least one {column}")
+        return value
+
+    def columns(self) -> list[str]:
+        return template_fields(self.template)
+
+
+class PromptCompletionFormat(StrictModel):
+    type: Literal["prompt_completion"] = "prompt_completion"
+    prompt: str = Field("{prompt}", description="Template of the prompt (no loss on it).")
+    completion: str = Field("{completion}", description="Template of the completion (the loss is here).")
+
+    @field_validator("prompt", "completion")
+    @classmethod
+    def _fields(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+    def columns(self) -> list[str]:
+        return template_fields(self.prompt) + template_fields(self.completion)
+
+
+class ChatFormat(StrictModel):
+    type: Literal["chat"] = "chat"
+    field: str = Field("messages", description="Column of OpenAI-style messages `[{role, content}]`.")
+    chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none.")
+
+    def columns(self) -> list[str]:
+        return [self.field]
+
+
+Format = Annotated[TextFormat | TemplateFormat | PromptCompletionFormat | ChatFormat, Field(discriminator="type")]
+
+
+class Quantization(StrictModel):
+    bits: Literal[4, 8] = Field(4, description="4: QLoRA (NF4 base); 8: LoRA on an 8-bit base.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (4-bit).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the matmuls on 4-bit weights."
+    )
+
+
+class Lora(StrictModel):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="`all-linear` or a list of module names such as `q_proj`."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value != "all-linear":
+            raise ValueError("target_modules must be `all-linear` or a list of module names")
+        if isinstance(value, list) and (not value or not all(re.fullmatch(r"[\w.]+", v) for v in value)):
+            raise ValueError("target_modules must be a non-empty list of module names like `q_proj`")
+        return value
+
+
+Optimizer = Literal[
+    "paged_adamw_8bit",
+    "adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "sgd",
+    "adafactor",
+]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+
+
+class Training(StrictModel):
+    epochs: float = Field(1, gt=0, le=1000, description="Passes over the data (max_steps wins when set).")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many steps.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Scheduler = Field("linear", description="Learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Examples per micro-batch per device.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    max_seq_length: int = Field(512, ge=8, le=131072, description="Tokens per example; longer ones are cut.")
+    truncation_side: Literal["right", "left"] = Field("right", description="Which end long examples lose.")
+    optimizer: Optimizer = Field("paged_adamw_8bit", description="Optimizer (8-bit paged by default).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the data held out for eval loss.")
+    eval_every_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (else each epoch).")
+    logging_steps: int = Field(1, ge=1, description="Report loss every N steps.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for the data split, shuffling and LoRA init.")
+    packing: bool = Field(False, description="Pack several short examples into one sequence (no padding).")
+
+
+class JobSpec(StrictModel):
+    """What to fine-tune, on which data, and how."""
+
+    name: str | None = Field(None, max_length=200, description="A label for people.")
+    base_model: str = Field(
+        description="A Hugging Face Hub id (`TinyLlama/TinyLlama-1.1B-Chat-v1.0`) or a directory in FT_MODELS_DIR."
+    )
+    dataset: str | HubDataset = Field(description="An uploaded dataset id, or `{hub, split}`.")
+    validation_dataset: str | HubDataset | None = Field(None, description="Held-out data for eval loss.")
+    format: Format = Field(default_factory=TextFormat, description="How rows become training text.")
+    quantization: Quantization | None = Field(
+        default_factory=Quantization, description="4-bit QLoRA by default; 8-bit; null: no quantization."
+    )
+    lora: Lora = Field(default_factory=Lora, description="The LoRA adapter.")
+    training: Training = Field(default_factory=Training, description="The optimisation loop.")
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, value: str) -> str:
+        if "://" in value or value.startswith(("/", ".", "~")) or ".." in value or "\\" in value:
+            raise ValueError("base_model must be a hub id like `owner/name` or a directory name in FT_MODELS_DIR")
+        if not (HUB_ID.fullmatch(value) or LOCAL_MODEL.fullmatch(value)):
+            raise ValueError("base_model must be a hub id like `owner/name` or a directory name in FT_MODELS_DIR")
+        return value
+
+    @model_validator(mode="after")
+    def _eval_needs_data(self) -> "JobSpec":
+        if self.training.eval_every_steps and not (self.training.eval_fraction or self.validation_dataset):
+            raise ValueError("training.eval_every_steps needs training.eval_fraction > 0 or a validation_dataset")
+        return self

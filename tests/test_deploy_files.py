@@ -1,0 +1,88 @@
+"""Static checks of the deployment files: docker-compose.yml and Dockerfile.gpu (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile.gpu"
+CUDA_TORCH = r"pip install .*torch==[\d.]+ .*--index-url https://download\.pytorch\.org/whl/cu\d+"
+
+
+def _run_tool(name: str, *args: str) -> None:
+    exe = BIN / name
+    if not exe.exists():
+        pytest.skip(f"{name} is not installed next to {sys.executable}")
+    proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{name} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _services() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def _command(service: dict[str, Any]) -> str:
+    command = service["command"]
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def _stages() -> dict[str, str]:
+    """Each Dockerfile stage's name -> its text."""
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\w+)\s*$", DOCKERFILE.read_text(), flags=re.M | re.I)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_compose_matches_compose_spec() -> None:
+    _run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE.name)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    _run_tool("hadolint", DOCKERFILE.name)
+
+
+def test_compose_services() -> None:
+    services = _services()
+    assert {"postgres", "redis", "api", "worker"} <= services.keys()
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "--appendonly yes" in _command(services["redis"])
+    assert services["redis"]["volumes"]
+
+    api, worker = services["api"], services["worker"]
+    assert "alembic upgrade head" in _command(api)
+    assert "uvicorn app.main:app" in _command(api)
+    assert "celery -A worker.celery_app worker" in _command(worker)
+    assert api["build"]["target"] == "api" and worker["build"]["target"] == "worker"
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_api_and_worker_share_the_data_volume() -> None:
+    services = _services()
+    mounts = [{v.split(":")[0]: v.split(":")[1] for v in services[s]["volumes"]} for s in ("api", "worker")]
+    shared = mounts[0].keys() & mounts[1].keys()
+    assert shared, "api and worker must share a named volume"
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["FT_DATA_DIR"] in {mounts[0][v] for v in shared}
+        assert env["FT_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["FT_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_dockerfile_stages() -> None:
+    stages = _stages()
+    assert {"api", "worker"} <= stages.keys()
+    worker, api = stages["worker"], stages["api"]
+    assert re.search(CUDA_TORCH, worker), "the worker must install a CUDA build of torch"
+    assert ".[worker]" in worker
+    assert worker.index("torch==") < worker.index(".[worker]"), "CUDA torch must be installed first"
+    assert "torch" not in api and "[worker]" not in api
+    assert "HEALTHCHECK" in api and "HEALTHCHECK" not in worker

@@ -1,0 +1,1 @@
+"""The training worker: Celery app, tasks, progress reporting and the training recipe."""

@@ -1,0 +1,114 @@
+"""The worker's writes to the SQL record: claim a job atomically, store its points, finish it."""
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.models import Artifact, Job, MetricPoint, utcnow
+
+LEASE = timedelta(minutes=2)
+POINT_COLUMNS = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "num_tokens"}
+
+
+def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
+    """queued -> running, as one compare-and-set: a redelivered message or a second worker gets None."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            started_at=now,
+            worker=worker,
+            lease_expires_at=now + LEASE,
+            error_type=None,
+            error_message=None,
+        )
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return session.get(Job, job_id)
+
+
+def renew_lease(session: Session, job_id: str, worker: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(lease_expires_at=utcnow() + LEASE))
+
+
+def _insert_ignoring_duplicates(session: Session, values: list[dict[str, Any]]) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(MetricPoint).values(values).on_conflict_do_nothing(index_elements=["job_id", "split", "step"])
+    session.execute(stmt)
+
+
+def store_points(session: Session, job_id: str, points: list[tuple[str, dict[str, Any]]]) -> None:
+    """Insert train/eval points (a replayed step is ignored) and move the job's progress forward."""
+    if not points:
+        return
+    rows, progress = [], {}
+    for split, point in points:
+        row = {k: point.get(k) for k in POINT_COLUMNS}
+        if split == "eval":
+            row["loss"] = point.get("eval_loss")
+        extra = {
+            k: v
+            for k, v in point.items()
+            if k not in POINT_COLUMNS | {"step", "eval_loss", "total_steps", "eta_seconds"} and v is not None
+        }
+        rows.append(
+            {
+                **row,
+                "job_id": job_id,
+                "split": split,
+                "step": point["step"],
+                "extra": extra or None,
+                "time": utcnow(),
+            }
+        )
+        if split == "train":
+            progress.update(
+                step=point["step"],
+                total_steps=point.get("total_steps"),
+                epoch=point.get("epoch") or 0.0,
+                eta_seconds=point.get("eta_seconds"),
+                latest_loss=point.get("loss"),
+                latest_learning_rate=point.get("learning_rate"),
+            )
+        else:
+            progress["latest_eval_loss"] = point.get("eval_loss")
+    _insert_ignoring_duplicates(session, rows)
+    if progress:
+        session.execute(update(Job).where(Job.id == job_id).values(**progress))
+
+
+def set_parameters(session: Session, job_id: str, trainable: int, total: int) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(trainable_parameters=trainable, total_parameters=total))
+
+
+def finish_job(session: Session, job_id: str, status: str, error: tuple[str, str] | None = None) -> None:
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": utcnow(),
+        "lease_expires_at": None,
+        "eta_seconds": None,
+    }
+    if error:
+        values.update(error_type=error[0], error_message=error[1])
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def requeue_job(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(status="queued", worker=None, lease_expires_at=None))
+
+
+def job_status(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def add_artifact(session: Session, job_id: str, **fields: Any) -> None:
+    session.add(Artifact(job_id=job_id, **fields))

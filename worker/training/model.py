@@ -1,0 +1,153 @@
+"""Load the base model (hub id or FT_MODELS_DIR, safetensors only, no remote code), quantize it, add LoRA."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from app.config import settings
+from app.spec import JobSpec, Quantization
+from worker.training.errors import TrainingError
+
+log = logging.getLogger(__name__)
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_base_model(base_model: str) -> str:
+    """A directory in FT_MODELS_DIR if there is one by that name, else the hub id as given."""
+    local = (settings.resolved_models_dir / base_model).resolve()
+    if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
+        return str(local)
+    return base_model
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on the CPU."""
+    if device_type() == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(q: Quantization | None) -> BitsAndBytesConfig | None:
+    if q is None:
+        return None
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    dtype = DTYPES[q.compute_dtype]
+    if device_type() == "cpu" and dtype is torch.float16:
+        dtype = torch.float32  # the CPU has no fast fp16 matmul
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def _load_error(base_model: str, exc: Exception) -> TrainingError:
+    text = str(exc)
+    if "safetensors" in text.lower() or "pytorch_model.bin" in text:
+        return TrainingError(
+            "unsupported_model",
+            f"{base_model!r} has no safetensors weights; pickled weights are "
+            "never loaded. Convert it to safetensors or pick another model.",
+        )
+    if "trust_remote_code" in text:
+        return TrainingError("unsupported_model", f"{base_model!r} needs custom remote code, which is never run here")
+    return TrainingError(
+        "model_not_found",
+        f"could not load base model {base_model!r}: not a directory in FT_MODELS_DIR and not a model on the "
+        f"Hugging Face Hub that this worker can reach ({type(exc).__name__}: {text.splitlines()[0][:300]})",
+    )
+
+
+def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    source = resolve_base_model(base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as exc:
+        raise _load_error(base_model, exc) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # the usual choice for decoder models without a pad token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(spec: JobSpec) -> Any:
+    """The frozen base model, quantized as the spec says, on the GPU when there is one."""
+    source = resolve_base_model(spec.base_model)
+    kwargs: dict[str, Any] = {"dtype": compute_dtype(), "use_safetensors": True, "trust_remote_code": False}
+    qconfig = quantization_config(spec.quantization)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if device_type() == "cuda":
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec.base_model, exc) from exc
+    model.config.use_cache = False  # the KV cache only costs memory while training
+    for param in model.parameters():
+        param.requires_grad = False
+    if qconfig is not None:
+        keep_4bit_layers_trainable_on_cpu(model)
+    return model
+
+
+def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights into its inference-only CPU layout.
+
+    On CPUs with AVX512-BF16, the first no-grad forward (an eval pass, a generation) converts a
+    Linear4bit's weight, after which training that layer fails. Turning the fast path off keeps
+    eval-then-train working; the GPU path is unaffected.
+    """
+    if device_type() != "cpu":
+        return
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def add_lora(model: Any, spec: JobSpec) -> PeftModel:
+    lora = spec.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise TrainingError("invalid_spec", f"lora.target_modules: {exc}") from exc
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total); 4-bit weights count as the parameters they stand for."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,155 @@
+"""The training recipe, top to bottom: setup (data, model, LoRA), train, save. No Celery, Redis or SQL here."""
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from app.spec import HubDataset, JobSpec
+from worker.training import data
+from worker.training import model as modelling
+from worker.training.errors import Cancelled, TrainingError
+from worker.training.progress import LogReport, ProgressCallback, Report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    adapter_dir: str
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    trainable_parameters: int
+    total_parameters: int
+    runtime_seconds: float
+    device: str
+
+
+def _load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:
+    if isinstance(ref, HubDataset):
+        return data.load_hub_rows(ref)
+    if path is None:
+        raise TrainingError("dataset_error", f"dataset {ref} has no file")
+    return data.read_rows(path)
+
+
+def _setup_data(
+    spec: JobSpec, dataset_path: Path | None, validation_path: Path | None
+) -> tuple[Dataset, Dataset | None]:
+    examples = data.build_examples(spec, _load_rows(spec.dataset, dataset_path))
+    if spec.validation_dataset is not None:
+        train, evals = (
+            examples,
+            data.build_examples(spec, _load_rows(spec.validation_dataset, validation_path)),
+        )
+    else:
+        train, evals = data.split_eval(examples, spec.training.eval_fraction, spec.training.seed)
+    return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None)
+
+
+def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool) -> SFTConfig:
+    t = spec.training
+    on_gpu = modelling.device_type() == "cuda"
+    eval_strategy = "no"
+    if has_eval:
+        eval_strategy = "steps" if t.eval_every_steps else "epoch"
+    return SFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        optim=t.optimizer,
+        seed=t.seed,
+        data_seed=t.seed,
+        # Non-reentrant checkpointing: the reentrant kind gives frozen-input LoRA no gradients or runs slower.
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=on_gpu and modelling.compute_dtype() is torch.bfloat16,
+        fp16=on_gpu and modelling.compute_dtype() is torch.float16,
+        use_cpu=not on_gpu,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_every_steps,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        max_length=t.max_seq_length,
+        packing=t.packing,
+        completion_only_loss=True,
+        assistant_only_loss=spec.format.type == "chat",
+        dataset_num_proc=None,
+        dataloader_num_workers=0,
+    )
+
+
+def run(
+    spec: JobSpec,
+    dataset_path: Path | None,
+    out_dir: Path,
+    report: Report | None = None,
+    validation_path: Path | None = None,
+) -> TrainingResult:
+    """Fine-tune `spec.base_model` on the dataset and save the adapter under out_dir/adapter."""
+    report = report or LogReport()
+    started = time.monotonic()
+    torch.manual_seed(spec.training.seed)
+
+    train_set, eval_set = _setup_data(spec, dataset_path, validation_path)
+    tokenizer = modelling.load_tokenizer(spec.base_model)
+    tokenizer.truncation_side = spec.training.truncation_side
+    peft_model = modelling.add_lora(modelling.load_model(spec), spec)
+    trainable, total = modelling.count_parameters(peft_model)
+    report.parameters(trainable, total)
+
+    progress = ProgressCallback(report)
+    trainer = SFTTrainer(
+        model=peft_model,
+        args=_training_args(spec, out_dir, eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=[progress],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through the report, not stdout dicts
+    output = trainer.train()
+    if progress.stopped:
+        raise Cancelled()
+    eval_loss = None
+    if eval_set is not None:
+        if progress.last_eval is not None and progress.last_eval["step"] == trainer.state.global_step:
+            eval_loss = progress.last_eval["eval_loss"]
+        else:
+            eval_loss = trainer.evaluate().get("eval_loss")
+
+    adapter_dir = modelling.save_adapter(peft_model, tokenizer, out_dir / "adapter")
+    train_loss = output.training_loss if math.isfinite(output.training_loss) else None
+    result = TrainingResult(
+        adapter_dir=str(adapter_dir),
+        steps=trainer.state.global_step,
+        train_loss=train_loss,
+        eval_loss=eval_loss,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        runtime_seconds=round(time.monotonic() - started, 2),
+        device=modelling.device_type(),
+    )
+    (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
+    return result

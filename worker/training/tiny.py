@@ -1,0 +1,66 @@
+"""A tiny random-weight Llama model and tokenizer, built locally, for smoke tests and demos without downloads."""
+
+from pathlib import Path
+
+# Dimensions are multiples of 64 so every bitsandbytes kernel path (4-bit blocks, 8-bit) accepts them.
+TINY = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 2048,
+}
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}</s>{% endgeneration %}"
+    "{% else %}{{ message['content'] }}</s>{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_CORPUS = """
+The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.
+Be yourself; everyone else is already taken. So many books, so little time. To be or not to be, that is
+the question. I think, therefore I am. The only thing we have to fear is fear itself. Knowledge is power.
+This movie was wonderful, great acting and a moving story. The food was terrible and the service slow.
+positive negative neutral good bad happy sad love hate excellent awful amazing boring fantastic poor
+user assistant system question answer instruction response input output label text prompt completion
+0 1 2 3 4 5 6 7 8 9 , . ; : ! ? ' " ( ) [ ] { } - _ / \\ @ # $ % & * + = < > | ~ ->:
+"""
+
+
+def make_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Write a Hugging Face model directory (safetensors, tokenizer with a chat template) and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS.split("\n") * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out_dir)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **TINY,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
