@@ -43,14 +43,11 @@ class Invalid(DomainError):
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    # Drop pydantic's discriminator tags (e.g. `format.template.template` -> `format.template`).
-    cleaned: list[str] = []
-    for part in parts:
-        if cleaned and part in ("text", "template", "prompt_completion", "chat") and cleaned[-1] == "format":
-            continue
-        cleaned.append(part)
-    return ".".join(cleaned) or "body"
+    parts = [str(p) for p in loc if p != "body"]
+    # Drop pydantic's discriminator tag after `format` (`format.template.template` -> `format.template`).
+    if len(parts) > 1 and parts[0] == "format" and parts[1] in ("text", "template", "prompt_completion", "chat"):
+        del parts[1]
+    return ".".join(parts) or "body"
 
 
 def validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:

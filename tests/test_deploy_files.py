@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +19,7 @@ CUDA_TORCH = r"pip install .*torch==[\d.]+ .*--index-url https://download\.pytor
 
 def _run_tool(name: str, *args: str) -> None:
     exe = BIN / name
-    if not exe.exists():
-        pytest.skip(f"{name} is not installed next to {sys.executable}")
+    assert exe.exists(), f"{name} is not installed next to {sys.executable}: `pip install -e '.[dev]'`"
     proc = subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{name} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
 

@@ -1,0 +1,33 @@
+"""Test-wide setup: a throwaway FT_DATA_DIR for in-process code, and one tiny local model for everything."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before any `app` import: app.config reads the environment once.
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="ft-tests-"))
+MODELS_DIR = SESSION_DIR / "models"
+os.environ["FT_DATA_DIR"] = str(SESSION_DIR / "in-process")
+os.environ["FT_MODELS_DIR"] = str(MODELS_DIR)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """A tiny random-weight Llama (what `ftctl models make-tiny` writes) in FT_MODELS_DIR."""
+    from worker.training.tiny import make_tiny_model
+
+    path = MODELS_DIR / TINY_MODEL
+    if not (path / "config.json").exists():
+        make_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return SESSION_DIR
