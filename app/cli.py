@@ -6,11 +6,14 @@ from typing import Annotated
 import typer
 from sqlalchemy import select
 
+from app.cli_jobs import jobs
+
 app = typer.Typer(help="finetune-service control: API keys, local models, demo.", no_args_is_help=True)
 keys = typer.Typer(help="API keys (stored hashed; shown once).", no_args_is_help=True)
 models = typer.Typer(help="Local base models in FT_MODELS_DIR.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 app.add_typer(models, name="models")
+app.add_typer(jobs, name="jobs")  # talks to the API over HTTP
 
 
 @keys.command("create")

@@ -2,6 +2,7 @@
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,24 @@ class Settings(BaseSettings):
         12 * 3600, description="Redis redelivers an unacked task after this long: longer than any job."
     )
     worker_max_tasks_per_child: int = Field(1, description="1: a fresh process per job frees GPU memory.")
+    webhook_secret: str | None = Field(
+        None, description="Signs webhooks (X-FT-Signature, HMAC-SHA256); unset: webhooks are sent unsigned."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, description="Tries per webhook before it is dropped.")
+    webhook_retry_base_s: float = Field(2.0, gt=0, description="First webhook retry delay; doubles per retry.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="How long one webhook POST may take.")
+    lease_seconds: float = Field(60, description="A running job whose worker stops heartbeating this long is requeued.")
+    heartbeat_seconds: float = Field(5, description="How often a worker renews the lease of its running job.")
+    reconcile_every_seconds: float = Field(10, description="How often the API checks leases and lost messages.")
+    max_attempts: int = Field(3, ge=1, description="Tries before a job whose worker keeps dying is failed.")
+    fault_oom_above_batch_size: int | None = Field(
+        None, description="Testing only: raise an out-of-memory error when a micro-batch is larger than this."
+    )
+    openai_spec_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A partial job spec (JSON) under every /v1 fine-tuning job, e.g. "
+        '`{"quantization": null, "lora": {"r": 8}}`; its training.learning_rate is what a multiplier of 1 means.',
+    )
 
     @cached_property
     def sqlalchemy_url(self) -> str:

@@ -18,6 +18,12 @@ FORMATS = {
     ".parquet": "parquet",
 }
 PARQUET_MAGIC = b"PAR1"
+BOMS = [  # UTF-32 first: its little-endian mark starts like UTF-16's
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+]
 
 
 @dataclass
@@ -28,12 +34,12 @@ class ParsedDataset:
 
 
 def detect_format(filename: str, head: bytes) -> str:
-    """By extension first, then by content; 415 when neither says what it is."""
+    """Parquet by its magic bytes, else by extension, else by content; 415 when nothing says what it is."""
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
     suffix = Path(filename).suffix.lower()
     if suffix in FORMATS:
         return FORMATS[suffix]
-    if head.startswith(PARQUET_MAGIC):
-        return "parquet"
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped.startswith(b"["):
         return "json"
@@ -51,6 +57,9 @@ def detect_format(filename: str, head: bytes) -> str:
 
 
 def _decode(data: bytes) -> str:
+    for bom, name in BOMS:
+        if data.startswith(bom):
+            raise Invalid(f"the file is {name} text; re-save it as UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -85,10 +94,12 @@ def _parse_json(text: str) -> list[dict[str, Any]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            return _parse_jsonl(text)  # JSON Lines saved as .json: read it as what it is
         raise Invalid(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(value, list):
         raise Invalid("a .json dataset must be an array of objects (or upload JSON Lines as .jsonl)")
-    return [_check_object(row, f"item {i}") for i, row in enumerate(value)]
+    return [_check_object(row, f"row {i} (item {i} of the array)") for i, row in enumerate(value, start=1)]
 
 
 def _parse_delimited(text: str, delimiter: str) -> list[dict[str, Any]]:

@@ -62,19 +62,53 @@ def validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str,
     return summary, problems
 
 
+# Under /v1 errors take OpenAI's shape, which its SDK turns into typed exceptions (400 -> BadRequestError, ...).
+# OpenAI answers every bad or ill-timed request with 400 (its SDK retries a 409 as a lock timeout).
+OPENAI_STATUS = {409: 400, 415: 400, 422: 400}
+OPENAI_CODES = {
+    401: "invalid_api_key",
+    404: "not_found",
+    409: "invalid_state",
+    413: "file_too_large",
+    415: "unsupported_file",
+}
+
+
+def is_openai_path(request: Request) -> bool:
+    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
+
+
+def openai_error(
+    status_code: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """`{"error": {"message", "type", "param", "code"}}` with OpenAI's status for our status code."""
+    status = OPENAI_STATUS.get(status_code, status_code)
+    kind = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": OPENAI_CODES.get(status_code)}}
+    retry = {} if status in (408, 429) or status >= 500 else {"x-should-retry": "false"}
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), **retry})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        if is_openai_path(request):
+            return openai_error(exc.status_code, exc.detail, exc.extra.get("param"), exc.headers)
         return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         summary, problems = validation_detail(list(exc.errors()))
+        if is_openai_path(request):
+            param = problems[0]["field"].removeprefix("query.").removeprefix("path.") if problems else None
+            return openai_error(422, summary, param)
         return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such endpoint; see /docs for the API"
+        if is_openai_path(request):
+            return openai_error(exc.status_code, detail, headers=getattr(exc, "headers", None))
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))

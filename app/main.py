@@ -1,14 +1,37 @@
 """The FastAPI application: routes, error handlers and the database session factory."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
-from app.api import datasets, health, jobs
+from app.api import datasets, events, health, jobs, metrics, openai_compat, validate
+from app.config import settings
 from app.db import SessionLocal
 from app.errors import install_error_handlers
+from app.observability import install_observability
+from app.reconciler import Reconciler
+from app.web import mount_dashboard
+from app.webhooks import WebhookDeliverer
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    reconciler = None
+    if settings.reconcile_every_seconds > 0:
+        reconciler = Reconciler(app.state.sessionmaker, settings.reconcile_every_seconds)
+        reconciler.start()
+    webhooks = WebhookDeliverer()  # sends what finished jobs queued for their webhook_url
+    webhooks.start()
+    yield
+    webhooks.stop()
+    if reconciler is not None:
+        reconciler.stop()
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="finetune-service",
         version="0.1.0",
         description="Fine-tune language models with LoRA and QLoRA on your own data, and download the adapters.",
@@ -17,7 +40,13 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(datasets.router)
+    app.include_router(validate.router)  # before jobs: /jobs/validate is not a job id
     app.include_router(jobs.router)
+    app.include_router(metrics.router)
+    app.include_router(events.router)
+    app.include_router(openai_compat.router)
+    install_observability(app)  # GET /metrics and request latency
+    mount_dashboard(app)  # the web dashboard at /
     return app
 
 

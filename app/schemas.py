@@ -60,6 +60,7 @@ class JobPublic(BaseModel):
     trainable_parameters: int | None
     total_parameters: int | None
     attempts: int
+    worker: str | None = None
     error: JobError | None
 
     @classmethod
@@ -77,6 +78,7 @@ class JobPublic(BaseModel):
             trainable_parameters=job.trainable_parameters,
             total_parameters=job.total_parameters,
             attempts=job.attempts,
+            worker=job.worker,
             error=JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None,
         )
 

@@ -3,8 +3,9 @@
 import re
 import string
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 LOCAL_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -89,7 +90,9 @@ class PromptCompletionFormat(StrictModel):
 class ChatFormat(StrictModel):
     type: Literal["chat"] = "chat"
     field: str = Field("messages", description="Column of OpenAI-style messages `[{role, content}]`.")
-    chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none.")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template, instead of the tokenizer's (needed when it has none)."
+    )
 
     def columns(self) -> list[str]:
         return [self.field]
@@ -156,6 +159,17 @@ class Training(StrictModel):
     logging_steps: int = Field(1, ge=1, description="Report loss every N steps.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for the data split, shuffling and LoRA init.")
     packing: bool = Field(False, description="Pack several short examples into one sequence (no padding).")
+    load_best: bool = Field(
+        False, description="Keep the adapter from the evaluation with the lowest eval loss, not the last step's."
+    )
+    checkpoint_every_steps: int | None = Field(
+        100, ge=1, description="Save a resumable checkpoint every N steps (null: only on a graceful stop)."
+    )
+
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 
 
 class JobSpec(StrictModel):
@@ -173,6 +187,14 @@ class JobSpec(StrictModel):
     )
     lora: Lora = Field(default_factory=Lora, description="The LoRA adapter.")
     training: Training = Field(default_factory=Training, description="The optimisation loop.")
+    metadata: Metadata | None = Field(
+        None, description="Up to 16 string labels (keys up to 64 characters, values up to 512), as in OpenAI's API."
+    )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="An http(s) URL POSTed (signed, retried) when the job succeeds, fails or is cancelled.",
+    )
 
     @field_validator("base_model")
     @classmethod
@@ -183,8 +205,20 @@ class JobSpec(StrictModel):
             raise ValueError("base_model must be a hub id like `owner/name` or a directory name in FT_MODELS_DIR")
         return value
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+        return value
+
     @model_validator(mode="after")
     def _eval_needs_data(self) -> "JobSpec":
         if self.training.eval_every_steps and not (self.training.eval_fraction or self.validation_dataset):
             raise ValueError("training.eval_every_steps needs training.eval_fraction > 0 or a validation_dataset")
+        if self.training.load_best and not (self.training.eval_fraction or self.validation_dataset):
+            raise ValueError("training.load_best needs training.eval_fraction > 0 or a validation_dataset")
         return self

@@ -1,9 +1,10 @@
 """The Celery app for GPU workers: settings for long training tasks (see docs/operations.md)."""
 
-from celery import Celery
+from celery import Celery, signals
 
 from app.config import settings
 from app.queue import celery_config
+from worker.drain import clear_draining, mark_draining
 
 app = Celery("finetune-worker", include=["worker.tasks"])
 app.conf.update(celery_config())
@@ -20,3 +21,18 @@ app.conf.update(
     worker_send_task_events=False,
     worker_hijack_root_logger=False,
 )
+
+
+@signals.worker_init.connect
+def _clear_stale_drain_flag(**_: object) -> None:
+    clear_draining()
+
+
+@signals.worker_shutting_down.connect
+def _ask_running_jobs_to_checkpoint(**_: object) -> None:
+    mark_draining()
+
+
+@signals.worker_shutdown.connect
+def _clear_drain_flag(**_: object) -> None:
+    clear_draining()

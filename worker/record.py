@@ -3,13 +3,13 @@
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.config import settings
 from app.models import Artifact, Job, MetricPoint, utcnow
 
-LEASE = timedelta(minutes=2)
 POINT_COLUMNS = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "num_tokens"}
 
 
@@ -24,7 +24,7 @@ def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
             attempts=Job.attempts + 1,
             started_at=now,
             worker=worker,
-            lease_expires_at=now + LEASE,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
             error_type=None,
             error_message=None,
         )
@@ -35,8 +35,14 @@ def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def renew_lease(session: Session, job_id: str, worker: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(lease_expires_at=utcnow() + LEASE))
+def renew_lease(session: Session, job_id: str, worker: str) -> bool:
+    """Extend this worker's lease; False when the job is no longer this worker's to run."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status.in_(("running", "cancelling")))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+    )
+    return result.rowcount == 1
 
 
 def _insert_ignoring_duplicates(session: Session, values: list[dict[str, Any]]) -> None:
@@ -103,12 +109,32 @@ def finish_job(session: Session, job_id: str, status: str, error: tuple[str, str
 
 
 def requeue_job(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(status="queued", worker=None, lease_expires_at=None))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status="queued", worker=None, lease_expires_at=None, enqueued_at=None, eta_seconds=None)
+    )
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=utcnow()))
+
+
+def update_spec(session: Session, job_id: str, spec: dict[str, Any]) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(spec=spec))
+
+
+def drop_points_after(session: Session, job_id: str, step: int) -> None:
+    """Forget points past the step an attempt resumes from: the new attempt logs those steps again."""
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
+    session.execute(update(Job).where(Job.id == job_id).values(step=step))
 
 
 def job_status(session: Session, job_id: str) -> str | None:
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
-def add_artifact(session: Session, job_id: str, **fields: Any) -> None:
-    session.add(Artifact(job_id=job_id, **fields))
+def add_artifact(session: Session, job_id: str, name: str, **fields: Any) -> None:
+    """Record an artifact, replacing one of the same name (a resumed attempt re-saves a checkpoint)."""
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    session.add(Artifact(job_id=job_id, name=name, **fields))

@@ -5,16 +5,20 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from app import events
+from app import events, storage
+from app.config import settings
 from app.db import session_scope
 from worker import record
+from worker.artifacts import pack_directory
+from worker.drain import is_draining
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 0.5
-HEARTBEAT_EVERY_S = 30.0
 STATUS_POLL_EVERY_S = 5.0
+CHECKPOINT_FILES = ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json")
 
 
 class JobReporter:
@@ -22,8 +26,9 @@ class JobReporter:
         self.job_id = job_id
         self.worker = worker
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._drain, name=f"report-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._write_loop, name=f"report-{job_id}", daemon=True)
         self._stop_requested = False
+        self.lease_lost = False
         self._last_status_poll = 0.0
         self._thread.start()
 
@@ -43,7 +48,7 @@ class JobReporter:
         self._publish("warning", {"message": message})
 
     def should_stop(self) -> bool:
-        if self._stop_requested:
+        if self._stop_requested or self.lease_lost:
             return True
         try:
             self._stop_requested = bool(events.redis_client().exists(events.cancel_key(self.job_id)))
@@ -54,6 +59,26 @@ class JobReporter:
                 with session_scope() as session:
                     self._stop_requested = record.job_status(session, self.job_id) == "cancelling"
         return self._stop_requested
+
+    def should_drain(self) -> bool:
+        return is_draining()
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        """Pack the checkpoint's adapter for download and record it (its optimizer state stays for resuming)."""
+        dest = storage.job_dir(self.job_id) / "checkpoints" / f"checkpoint-{step}.tar.gz"
+        size, sha = pack_directory(path, dest, only=CHECKPOINT_FILES)
+        with session_scope() as session:
+            record.add_artifact(
+                session,
+                self.job_id,
+                name=f"checkpoint-{step}",
+                kind="checkpoint",
+                step=step,
+                path=storage.relative(dest),
+                size_bytes=size,
+                sha256=sha,
+            )
+        self._publish("checkpoint", {"step": step, "name": f"checkpoint-{step}"})
 
     # --- lifecycle ---
     def status(self, status: str, **info: Any) -> None:
@@ -70,13 +95,13 @@ class JobReporter:
         except Exception as exc:  # live events are best effort; SQL keeps the record
             log.warning("job %s: could not publish %s event: %s", self.job_id, kind, exc)
 
-    def _drain(self) -> None:
+    def _write_loop(self) -> None:
         last_beat = time.monotonic()
         done = False
         while not done:
             batch: list[tuple[str, dict[str, Any]]] = []
             try:
-                item = self._queue.get(timeout=FLUSH_EVERY_S)
+                item = self._queue.get(timeout=min(FLUSH_EVERY_S, settings.heartbeat_seconds))
                 while True:
                     if item is None:
                         done = True
@@ -85,7 +110,7 @@ class JobReporter:
                     item = self._queue.get_nowait()
             except queue.Empty:
                 pass
-            beat = time.monotonic() - last_beat > HEARTBEAT_EVERY_S
+            beat = time.monotonic() - last_beat > settings.heartbeat_seconds
             if batch or beat:
                 self._write(batch, beat)
                 last_beat = time.monotonic() if beat else last_beat
@@ -94,8 +119,10 @@ class JobReporter:
         try:
             with session_scope() as session:
                 record.store_points(session, self.job_id, batch)
-                if beat or batch:
-                    record.renew_lease(session, self.job_id, self.worker)
+                if not record.renew_lease(session, self.job_id, self.worker):
+                    # The reconciler gave the job to another worker (our heartbeat stalled): stop, record nothing.
+                    log.error("job %s: lease lost to another worker; stopping this copy", self.job_id)
+                    self.lease_lost = True
         except Exception:
             log.exception("job %s: could not store %d points", self.job_id, len(batch))
         for split, point in batch:

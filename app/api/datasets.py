@@ -1,14 +1,22 @@
-"""Routes for /datasets: upload, list, get."""
+"""Routes for /datasets: upload, list, get, preview."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from pydantic import BaseModel
 
 from app.api import datasets_service
 from app.auth import CallerDep, SessionDep
 from app.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+class DatasetPreview(BaseModel):
+    dataset_id: str
+    rows: int
+    columns: list[str]
+    data: list[dict[str, Any]]
 
 
 @router.post("", status_code=201, response_model=DatasetPublic)
@@ -20,6 +28,7 @@ def upload_dataset(
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> DatasetPublic:
     dataset, created = datasets_service.create_dataset(session, caller, file.file, file.filename, name)
+    session.commit()  # before the response: a client's next request must find the dataset
     if not created:
         response.status_code = 200  # the same file again: the dataset that already holds it
     return DatasetPublic.of(dataset)
@@ -35,3 +44,16 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DatasetPublic:
     return DatasetPublic.of(datasets_service.get_dataset(session, caller, dataset_id))
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview)
+def preview_dataset(
+    dataset_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="How many rows, from the first.")] = 10,
+) -> DatasetPreview:
+    """The first rows as stored (what the worker reads), whatever the uploaded file's format."""
+    dataset = datasets_service.get_dataset(session, caller, dataset_id)
+    rows = datasets_service.read_rows(dataset.id, limit)
+    return DatasetPreview(dataset_id=dataset.id, rows=dataset.rows, columns=dataset.columns, data=rows)

@@ -4,7 +4,8 @@ import hashlib
 import json
 import shutil
 import tempfile
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,36 +52,55 @@ def create_dataset(
     parsed = parse_dataset(filename, data)
     if name is not None and not name.strip():
         raise Invalid("name must not be blank")
-    dataset = Dataset(
-        tenant=caller.tenant,
-        name=(name or filename)[:200],
-        filename=filename,
-        format=parsed.format,
-        rows=len(parsed.rows),
-        columns=parsed.columns,
-        size_bytes=len(data),
-        sha256=sha256,
-    )
-    session.add(dataset)
-    session.flush()
-    _write_rows(dataset.id, parsed.rows)
+    staged = _stage_rows(parsed.rows)
+    try:
+        dataset = Dataset(
+            tenant=caller.tenant,
+            name=(name or filename)[:200],
+            filename=filename,
+            format=parsed.format,
+            rows=len(parsed.rows),
+            columns=parsed.columns,
+            size_bytes=len(data),
+            sha256=sha256,
+        )
+        session.add(dataset)
+        session.flush()
+        final = storage.dataset_dir(dataset.id)
+        shutil.rmtree(final, ignore_errors=True)
+        staged.rename(final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return dataset, True
 
 
-def _write_rows(dataset_id: str, rows: list[dict]) -> None:
-    # Write beside the final place, then rename: a crash never leaves a half-written dataset behind.
-    final = storage.dataset_dir(dataset_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".upload-", dir=final.parent)
+def _stage_rows(rows: list[dict]) -> Path:
+    # Written beside the final place and renamed into it once the record exists: a failure at any point leaves
+    # neither a half-written file nor a record without its rows.
+    root = storage.data_root() / "datasets"
+    root.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
     try:
-        with open(f"{tmp}/rows.jsonl", "w", encoding="utf-8") as fh:
+        with open(staged / "rows.jsonl", "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.move(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
+    return staged
+
+
+def read_rows(dataset_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """A stored dataset's rows (the normalised JSONL every worker reads), the first `limit` of them if given."""
+    rows: list[dict[str, Any]] = []
+    with storage.dataset_rows_path(dataset_id).open(encoding="utf-8") as fh:
+        for line in fh:
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
 
 
 def get_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:

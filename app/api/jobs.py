@@ -1,4 +1,4 @@
-"""Routes for /jobs: submit, list, get, cancel, metrics, artifacts."""
+"""Routes for /jobs: submit, list, get, cancel, artifacts (metrics: app/api/metrics.py, events: app/api/events.py)."""
 
 from typing import Annotated, Literal
 
@@ -7,18 +7,16 @@ from fastapi.responses import FileResponse
 
 from app.api import jobs_service
 from app.auth import CallerDep, SessionDep
-from app.curves import downsample_min_max
+from app.models import Artifact
 from app.queue import enqueue_training
 from app.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
-    EvalPoint,
     JobPublic,
     JobsPublic,
-    MetricsPublic,
-    TrainPoint,
 )
 from app.spec import JobSpec
+from app.webhooks import notify_job_finished
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
@@ -34,8 +32,8 @@ def submit_job(
 ) -> JobPublic:
     job, created = jobs_service.create_job(session, caller, spec, idempotency_key)
     session.commit()  # the job is on record before any worker can hear of it
-    if created:
-        enqueue_training(job.id)
+    if created and enqueue_training(job.id):
+        jobs_service.mark_enqueued(session, job)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return JobPublic.of(job)
@@ -60,34 +58,13 @@ def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
-    return JobPublic.of(jobs_service.cancel_job(session, caller, job_id))
+    job = jobs_service.cancel_job(session, caller, job_id)
+    session.commit()
+    notify_job_finished(job.id, session)  # a queued job ends here, with no worker to send its webhook
+    return JobPublic.of(job)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
-def get_metrics(
-    job_id: str,
-    caller: CallerDep,
-    session: SessionDep,
-    since_step: Annotated[int | None, Query(ge=0, description="Only points with step > since_step.")] = None,
-    max_points: Annotated[int | None, Query(ge=2, le=100_000, description="Downsample, keeping spikes.")] = None,
-) -> MetricsPublic:
-    job = jobs_service.get_job(session, caller, job_id)
-    train = jobs_service.metric_points(session, job, "train", since_step)
-    evals = jobs_service.metric_points(session, job, "eval", since_step)
-    if max_points:
-        train = downsample_min_max(train, max_points, lambda p: p.loss)
-        evals = downsample_min_max(evals, max_points, lambda p: p.loss)
-    return MetricsPublic(
-        job_id=job.id,
-        status=job.status,
-        train=[TrainPoint.of(p) for p in train],
-        eval=[EvalPoint.of(p) for p in evals],
-    )
-
-
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
-def list_artifacts(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
-    job = jobs_service.get_job(session, caller, job_id)
+def _artifacts(request: Request, job_id: str, artifacts: list[Artifact]) -> ArtifactsPublic:
     return ArtifactsPublic(
         data=[
             ArtifactPublic(
@@ -97,11 +74,24 @@ def list_artifacts(job_id: str, caller: CallerDep, session: SessionDep, request:
                 sha256=a.sha256,
                 step=a.step,
                 created_at=a.created_at,
-                download_url=str(request.url_for("download_artifact", job_id=job.id, name=a.name)),
+                download_url=str(request.url_for("download_artifact", job_id=job_id, name=a.name)),
             )
-            for a in jobs_service.list_artifacts(session, job)
+            for a in artifacts
         ]
     )
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+def list_artifacts(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+    job = jobs_service.get_job(session, caller, job_id)
+    return _artifacts(request, job.id, jobs_service.list_artifacts(session, job))
+
+
+@router.get("/{job_id}/checkpoints", response_model=ArtifactsPublic)
+def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+    """Packed checkpoint adapters, oldest first; each downloads as a .tar.gz like the adapter."""
+    job = jobs_service.get_job(session, caller, job_id)
+    return _artifacts(request, job.id, jobs_service.list_artifacts(session, job, kind="checkpoint"))
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, name="download_artifact")

@@ -9,47 +9,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import events, storage
-from app.api.datasets_service import get_dataset
+from app.api import validate_service
 from app.auth import Caller
-from app.config import settings
 from app.errors import Conflict, Invalid, NotFound
 from app.models import Artifact, Job, MetricPoint, utcnow
-from app.spec import HubDataset, JobSpec
+from app.spec import JobSpec
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def _check_dataset_columns(session: Session, caller: Caller, field: str, ref: str | HubDataset, spec: JobSpec) -> None:
-    if isinstance(ref, HubDataset):
-        return  # columns of a hub dataset are only known on the worker
-    try:
-        dataset = get_dataset(session, caller, ref)
-    except NotFound as exc:
-        raise Invalid(f"{field}: {exc.detail}") from None
-    missing = [c for c in spec.format.columns() if c not in dataset.columns]
-    if missing:
-        raise Invalid(
-            f"format: column(s) {', '.join(map(repr, missing))} not in {field} {dataset.id} "
-            f"(its columns: {', '.join(dataset.columns)})"
-        )
-
-
-def _check_base_model(base_model: str) -> None:
-    local = settings.resolved_models_dir / base_model
-    if not local.is_dir():
-        return  # a hub id: resolved on the worker, which has the network and names a missing model clearly
-    if not (local / "config.json").is_file():
-        raise Invalid(f"base_model: {base_model!r} in FT_MODELS_DIR has no config.json")
-    if not any(local.glob("*.safetensors")):
-        raise Invalid(f"base_model: {base_model!r} has no .safetensors weights (pickled weights are never loaded)")
-
-
 def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> None:
-    """The checks that need the database and disk; the spec itself is already valid."""
-    _check_base_model(spec.base_model)
-    _check_dataset_columns(session, caller, "dataset", spec.dataset, spec)
-    if spec.validation_dataset is not None:
-        _check_dataset_columns(session, caller, "validation_dataset", spec.validation_dataset, spec)
+    """The checks of POST /jobs/validate (data, columns, rows, tokenizer, lengths); 422 on any problem."""
+    validate_service.enforce(validate_service.check_job_spec(session, caller, spec))
 
 
 def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -78,6 +49,12 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
             select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
         ), False
     return job, True
+
+
+def mark_enqueued(session: Session, job: Job) -> None:
+    """The broker has the job's message; until then the reconciler keeps re-sending it."""
+    job.enqueued_at = utcnow()
+    session.commit()
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
@@ -135,9 +112,11 @@ def metric_points(session: Session, job: Job, split: str, since_step: int | None
     return list(session.scalars(query.order_by(MetricPoint.step)))
 
 
-def list_artifacts(session: Session, job: Job) -> list[Artifact]:
-    query = select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at, Artifact.name)
-    return list(session.scalars(query))
+def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[Artifact]:
+    query = select(Artifact).where(Artifact.job_id == job.id)
+    if kind:
+        query = query.where(Artifact.kind == kind)
+    return list(session.scalars(query.order_by(Artifact.created_at, Artifact.name)))
 
 
 def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, Path]:

@@ -105,15 +105,19 @@ def test_other_tenant_sees_nothing(stack: Stack) -> None:
 
 
 def test_job_failures_are_reported_not_stuck(stack: Stack) -> None:
-    # The column exists in the header but one row lacks it: found only at training time, reported by row.
+    # One row lacks a column the header has: refused at submit, named by its row (more in test_data_path.py).
     rows = quotes_jsonl(2) + b'\n{"quote": "no tags here"}\n'
     dataset = stack.upload("partial.jsonl", rows)
-    job = stack.client.post("/jobs", json=qlora_spec(dataset["id"], max_steps=2)).json()
+    refused = stack.client.post("/jobs", json=qlora_spec(dataset["id"], max_steps=2))
+    assert refused.status_code == 422 and "row 9" in refused.json()["detail"], refused.text
+    # What the API cannot see (a hub dataset it cannot fetch) fails on the worker, reported in words.
+    hub_spec = {**qlora_spec(dataset["id"], max_steps=2), "dataset": {"hub": "nobody/no-such-quotes"}}
+    job = stack.client.post("/jobs", json=hub_spec).json()
     good = _dataset(stack)
     unknown_model = stack.client.post("/jobs", json={**qlora_spec(good["id"]), "base_model": "nobody/no-such-model"})
     job = stack.wait(job["id"])
     assert job["status"] == "failed"
-    assert job["error"]["type"] == "dataset_error" and "row 9" in job["error"]["message"], job["error"]
+    assert job["error"]["type"] == "dataset_not_found" and "nobody/no-such-quotes" in job["error"]["message"]
     failed = stack.wait(unknown_model.json()["id"])
     assert failed["status"] == "failed" and failed["error"]["type"] == "model_not_found", failed["error"]
     assert "nobody/no-such-model" in failed["error"]["message"] and "Traceback" not in failed["error"]["message"]

@@ -12,3 +12,11 @@ class TrainingError(Exception):
 
 class Cancelled(Exception):
     """Training stopped because the job was cancelled."""
+
+
+class Drained(Exception):
+    """Training stopped for a graceful worker shutdown, after saving a checkpoint at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped for shutdown at step {step}")
+        self.step = step

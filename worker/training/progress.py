@@ -3,8 +3,10 @@
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 log = logging.getLogger(__name__)
@@ -16,6 +18,8 @@ class Report(Protocol):
     def eval_point(self, point: dict[str, Any]) -> None: ...
     def warning(self, message: str) -> None: ...
     def should_stop(self) -> bool: ...
+    def should_drain(self) -> bool: ...
+    def checkpoint(self, step: int, path: Path) -> None: ...
 
 
 class LogReport:
@@ -42,6 +46,19 @@ class LogReport:
     def should_stop(self) -> bool:
         return False
 
+    def should_drain(self) -> bool:
+        return False
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        log.info("checkpoint at step %s: %s", step, path)
+
+
+def _peak_gpu_memory() -> dict[str, float]:
+    """`peak_memory_mb` (the most GPU memory tensors have held so far) on a GPU; nothing on the CPU."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
 
 def _finite(value: Any) -> float | None:
     if value is None:
@@ -59,6 +76,7 @@ class ProgressCallback(TrainerCallback):
         self.last_time = self.started
         self.last_tokens = 0
         self.stopped = False
+        self.drained = False
         self.last_eval: dict[str, Any] | None = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
@@ -68,6 +86,11 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         if self.report.should_stop():
             self.stopped = True
+            control.should_training_stop = True
+        elif self.report.should_drain():
+            # A graceful shutdown: save a checkpoint at this step, then stop; the job resumes elsewhere.
+            self.drained = True
+            control.should_save = True
             control.should_training_stop = True
 
     def on_log(
@@ -117,6 +140,7 @@ class ProgressCallback(TrainerCallback):
                 "num_tokens": tokens or None,
                 "eta_seconds": round(eta, 1) if eta is not None else None,
                 "mean_token_accuracy": _finite(logs.get("mean_token_accuracy")),
+                **_peak_gpu_memory(),
             }
         )
         self.last_time, self.last_tokens = now, tokens

@@ -13,10 +13,13 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from app.config import settings
 from app.spec import HubDataset, JobSpec
 from worker.training import data
 from worker.training import model as modelling
-from worker.training.errors import Cancelled, TrainingError
+from worker.training.best import BestAdapter
+from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
+from worker.training.errors import Cancelled, Drained, TrainingError
 from worker.training.progress import LogReport, ProgressCallback, Report
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class TrainingResult:
     total_parameters: int
     runtime_seconds: float
     device: str
+    best_step: int | None = None  # with training.load_best: the step whose adapter was kept
 
 
 def _load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:
@@ -86,11 +90,17 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool) -> SFTConfig:
         logging_first_step=True,
         eval_strategy=eval_strategy,
         eval_steps=t.eval_every_steps,
-        save_strategy="no",
+        # Checkpoints make a killed or preempted job resumable; two are kept for resuming, older ones
+        # stay downloadable as packed adapters (see worker/training/checkpoints.py).
+        save_strategy="steps" if t.checkpoint_every_steps else "no",
+        save_steps=t.checkpoint_every_steps or 500,
+        save_total_limit=2,
         report_to=[],
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         max_length=t.max_seq_length,
+        # TRL cuts by this, not by tokenizer.truncation_side: "left" keeps an example's end.
+        truncation_mode="keep_end" if t.truncation_side == "left" else "keep_start",
         packing=t.packing,
         completion_only_loss=True,
         assistant_only_loss=spec.format.type == "chat",
@@ -105,6 +115,7 @@ def run(
     out_dir: Path,
     report: Report | None = None,
     validation_path: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TrainingResult:
     """Fine-tune `spec.base_model` on the dataset and save the adapter under out_dir/adapter."""
     report = report or LogReport()
@@ -114,6 +125,7 @@ def run(
     train_set, eval_set = _setup_data(spec, dataset_path, validation_path)
     tokenizer = modelling.load_tokenizer(spec.base_model)
     tokenizer.truncation_side = spec.training.truncation_side
+    data.use_chat_template(spec, tokenizer)
     peft_model = modelling.add_lora(modelling.load_model(spec), spec)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)
@@ -128,15 +140,25 @@ def run(
         callbacks=[progress],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the report, not stdout dicts
-    output = trainer.train()
+    trainer.add_callback(CheckpointCallback(report))
+    best = BestAdapter(peft_model) if spec.training.load_best else None
+    if best is not None:
+        trainer.add_callback(best)
+    if settings.fault_oom_above_batch_size is not None:
+        trainer.add_callback(InjectedOutOfMemory(settings.fault_oom_above_batch_size))
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if progress.stopped:
         raise Cancelled()
+    if progress.drained and trainer.state.global_step < trainer.state.max_steps:
+        raise Drained(trainer.state.global_step)
     eval_loss = None
     if eval_set is not None:
         if progress.last_eval is not None and progress.last_eval["step"] == trainer.state.global_step:
             eval_loss = progress.last_eval["eval_loss"]
         else:
             eval_loss = trainer.evaluate().get("eval_loss")
+    if best is not None and (best_loss := best.restore()) is not None:
+        eval_loss = best_loss  # the adapter saved below is the one with the lowest eval loss
 
     adapter_dir = modelling.save_adapter(peft_model, tokenizer, out_dir / "adapter")
     train_loss = output.training_loss if math.isfinite(output.training_loss) else None
@@ -149,6 +171,7 @@ def run(
         total_parameters=total,
         runtime_seconds=round(time.monotonic() - started, 2),
         device=modelling.device_type(),
+        best_step=best.step if best is not None else None,
     )
     (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))

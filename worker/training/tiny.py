@@ -1,6 +1,7 @@
 """A tiny random-weight Llama model and tokenizer, built locally, for smoke tests and demos without downloads."""
 
 from pathlib import Path
+from typing import Any
 
 # Dimensions are multiples of 64 so every bitsandbytes kernel path (4-bit blocks, 8-bit) accepts them.
 TINY = {
@@ -31,8 +32,14 @@ user assistant system question answer instruction response input output label te
 """
 
 
-def make_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a Hugging Face model directory (safetensors, tokenizer with a chat template) and return it."""
+def make_tiny_model(
+    out_dir: Path, vocab_size: int = 512, seed: int = 0, config: dict[str, Any] | None = None
+) -> Path:
+    """Write a Hugging Face model directory (safetensors, tokenizer with a chat template) and return it.
+
+    `config` overrides LlamaConfig fields (dimensions, `vocab_size`; `dtype` for the saved weights), e.g. for a bigger
+    benchmark model; keep the dimensions multiples of 64.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -53,14 +60,17 @@ def make_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out_dir)
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    fields: dict[str, Any] = {"vocab_size": len(tokenizer), "tie_word_embeddings": False, **TINY, **(config or {})}
+    dtype = fields.pop("dtype", None)
+    llama_config = LlamaConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        **TINY,
+        **fields,
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
+    model = LlamaForCausalLM(llama_config)
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
+    model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -1,0 +1,83 @@
+"""Gather what a spec's checks need (the caller's datasets, hub data, the base model's tokenizer), then check."""
+
+from sqlalchemy.orm import Session
+
+from app import hub_files
+from app.api.datasets_service import get_dataset, read_rows
+from app.auth import Caller
+from app.config import settings
+from app.data_checks import DataSource, Problem, ValidationReport, check_data
+from app.errors import DomainError, Invalid, NotFound
+from app.spec import HubDataset, JobSpec
+from app.tokenization import ModelTokenizer
+
+
+def _check_base_model(base_model: str, report: ValidationReport) -> None:
+    local = settings.resolved_models_dir / base_model
+    if not local.is_dir():
+        return  # a hub id: its tokenizer is fetched below; the worker names a model it cannot load
+    if not (local / "config.json").is_file():
+        report.problems.append(
+            Problem(field="base_model", message=f"{base_model!r} in FT_MODELS_DIR has no config.json")
+        )
+    elif not any(local.glob("*.safetensors")):
+        report.problems.append(
+            Problem(
+                field="base_model",
+                message=f"{base_model!r} has no .safetensors weights (pickled weights are never loaded)",
+            )
+        )
+
+
+def _source(
+    session: Session, caller: Caller, field: str, ref: str | HubDataset, report: ValidationReport
+) -> DataSource:
+    if isinstance(ref, HubDataset):
+        label = f"{ref.hub!r} (split {ref.split!r})"
+        try:
+            parsed = hub_files.load_hub_dataset(ref)
+        except hub_files.HubUnavailable as exc:
+            report.warnings.append(f"{field}: {exc}; its rows are checked on the worker instead")
+            return DataSource(field, label, None)
+        except DomainError as exc:
+            report.problems.append(Problem(field=field, message=exc.detail))
+            return DataSource(field, label, None)
+        return DataSource(field, label, parsed.rows, parsed.columns)
+    try:
+        dataset = get_dataset(session, caller, ref)
+    except NotFound as exc:
+        report.problems.append(Problem(field=field, message=exc.detail))
+        return DataSource(field, ref, None)
+    return DataSource(field, dataset.id, read_rows(dataset.id), list(dataset.columns))
+
+
+def _tokenizer_loader(base_model: str, report: ValidationReport):  # noqa: ANN202 - a zero-argument callable
+    def load() -> ModelTokenizer | None:
+        try:
+            return hub_files.load_tokenizer(base_model)
+        except hub_files.HubUnavailable as exc:
+            report.warnings.append(f"base_model: {exc}; token lengths, truncation and masks were not checked")
+        except Invalid as exc:
+            report.problems.append(Problem(field="base_model", message=exc.detail))
+        except Exception as exc:  # a tokenizer.json that `tokenizers` cannot read
+            report.warnings.append(f"base_model: its tokenizer could not be read here ({type(exc).__name__}: {exc})")
+        return None
+
+    return load
+
+
+def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
+    """Every check POST /jobs runs, as a report (nothing is queued)."""
+    report = ValidationReport(ok=False)
+    _check_base_model(spec.base_model, report)
+    train = _source(session, caller, "dataset", spec.dataset, report)
+    evals = None
+    if spec.validation_dataset is not None:
+        evals = _source(session, caller, "validation_dataset", spec.validation_dataset, report)
+    return check_data(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+
+
+def enforce(report: ValidationReport) -> None:
+    """Refuse a spec whose checks found problems: 422 naming the field, column or row, with the full list."""
+    if not report.ok:
+        raise Invalid(report.summary(), extra={"problems": [p.model_dump(exclude_none=True) for p in report.problems]})

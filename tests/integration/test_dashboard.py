@@ -1,0 +1,124 @@
+"""The dashboard in a real headless browser (Debian's chromium, driven by Playwright): sign in, upload a dataset,
+submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.integration.conftest import Stack
+from tests.integration.test_end_to_end import quotes_jsonl
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (`apt-get install chromium`); Playwright downloads nothing
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LIVE_TIMEOUT_MS = 240_000  # model loading and training on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "the dashboard test needs Debian's chromium: apt-get install -y chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def chart_points(page: Page, chart: str = "#loss-chart") -> int:
+    return int(page.locator(chart).get_attribute("data-points") or 0)
+
+
+def sign_in(page: Page, stack: Stack) -> None:
+    page.goto(f"{stack.local.base_url}/")
+    page.fill("#api-key", "ft_not_a_key_at_all")
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#signin-form .error")).to_contain_text("not accepted")
+    page.fill("#api-key", stack.key)
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#jobs-table")).to_be_visible()
+
+
+def submit_through_the_form(page: Page, tmp_path: Path) -> str:
+    page.click("nav a[href='#/new']")
+    data_file = tmp_path / "quotes.jsonl"
+    data_file.write_bytes(quotes_jsonl())
+    page.set_input_files("#dataset-file", str(data_file))
+    page.fill("#dataset-name", "quotes from the browser")
+    page.click("#upload-button")
+    expect(page.locator("#job-form .ok")).to_contain_text("64 rows")
+    expect(page.locator("#dataset option:checked")).to_contain_text("quotes from the browser")
+    expect(page.locator("#dataset-info")).to_contain_text("quote, tags")
+    page.fill("#name", "browser-job")
+    page.fill("#base_model", "tiny-llama")
+    page.fill("#template", "{quote} ->: {tags}")
+    page.fill("#max_steps", "15")
+    page.fill("#learning_rate", "0.003")
+    page.fill("#grad_accum", "2")  # slower steps: time to see the curve grow and to cancel before the end
+    expect(page.locator("#spec-preview")).to_contain_text('"max_steps": 15')
+    page.click("#submit-job")
+    page.wait_for_url("**/#/jobs/job_*")
+    return page.url.rsplit("/", 1)[-1]
+
+
+def test_sign_in_submit_watch_the_curve_grow_and_cancel(stack: Stack, page: Page, tmp_path: Path) -> None:
+    sign_in(page, stack)
+    job_id = submit_through_the_form(page, tmp_path)
+    expect(page.locator("#job-title")).to_have_text("browser-job")
+    expect(page.locator("#job-spec")).to_contain_text('"template": "{quote} ->: {tags}"')
+
+    page.wait_for_function(
+        "Number(document.querySelector('#loss-chart').dataset.points) >= 1", timeout=LIVE_TIMEOUT_MS
+    )  # the curve draws ...
+    first = chart_points(page)
+    page.wait_for_function(
+        f"Number(document.querySelector('#loss-chart').dataset.points) > {first}", timeout=LIVE_TIMEOUT_MS
+    )  # ... and grows, live
+    expect(page.locator("#job-status .badge")).to_have_text("running")
+    assert chart_points(page, "#lr-chart") >= 1 and chart_points(page, "#tps-chart") >= 0
+    expect(page.locator("#job-progress .progress-text")).to_contain_text("/ 15")
+    running_shot = tmp_path / "dashboard-running.png"
+    page.screenshot(path=str(running_shot), full_page=True)
+
+    page.click("#cancel-job")
+    expect(page.locator("#job-status .badge")).to_have_text("cancelled", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#cancel-job")).to_be_hidden()
+    expect(page.locator("#event-log")).to_contain_text("status cancelled")
+    job = stack.client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["progress"]["step"] < 15
+    assert chart_points(page) == len(stack.client.get(f"/jobs/{job_id}/metrics").json()["train"])
+    cancelled_shot = tmp_path / "dashboard-cancelled.png"
+    page.screenshot(path=str(cancelled_shot), full_page=True)
+
+    page.click("nav a[href='#/']")
+    row = page.locator(f"tr[data-job-id='{job_id}']")
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    list_shot = tmp_path / "dashboard-jobs.png"
+    page.screenshot(path=str(list_shot), full_page=True)
+    print(f"\nscreenshots: {running_shot} {cancelled_shot} {list_shot}")
+
+
+def test_the_page_is_served_without_a_key_but_data_needs_one(stack: Stack) -> None:
+    with stack.anonymous() as anonymous:
+        page = anonymous.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'src="/ui/app.js"' in page.text and "http" not in page.text.split("<body>")[0], "no CDN"
+        assert anonymous.get("/ui/chart.js").status_code == 200
+        assert anonymous.get("/jobs").status_code == 401

@@ -1,0 +1,26 @@
+"""Graceful shutdown: the Celery parent marks itself draining; its pool child sees it at the next step.
+
+Celery's warm shutdown (SIGTERM) waits for running tasks to finish, which for a training job can be hours.
+Instead the parent drops a flag file named after its pid; the job checkpoints, requeues itself and returns.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def drain_flag(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"finetune-drain-{pid}"
+
+
+def mark_draining(pid: int | None = None) -> None:
+    drain_flag(pid or os.getpid()).touch()
+
+
+def clear_draining(pid: int | None = None) -> None:
+    drain_flag(pid or os.getpid()).unlink(missing_ok=True)
+
+
+def is_draining() -> bool:
+    """True when this process's worker (its parent in the prefork pool, or itself when solo) is shutting down."""
+    return drain_flag(os.getppid()).exists() or drain_flag(os.getpid()).exists()

@@ -1,0 +1,160 @@
+"""One attempt at a job: claim it, resume from its last checkpoint, train, and record exactly one outcome."""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+
+from app import storage
+from app.db import session_scope
+from app.queue import enqueue_training
+from app.spec import JobSpec
+from worker import record
+from worker.artifacts import pack_directory
+from worker.drain import clear_draining, mark_draining
+from worker.oom import is_out_of_memory, smaller_micro_batch
+from worker.report import JobReporter
+from worker.training import recipe
+from worker.training.checkpoints import latest_complete_checkpoint
+from worker.training.errors import Cancelled, Drained, TrainingError
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dataset_path(ref: object) -> "os.PathLike[str] | None":
+    return storage.dataset_rows_path(ref) if isinstance(ref, str) else None
+
+
+def _describe_failure(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, TrainingError):
+        return exc.type, exc.message
+    first_line = (str(exc).splitlines() or [""])[0][:500]
+    return "internal_error", f"training failed unexpectedly ({type(exc).__name__}: {first_line}); see the worker log"
+
+
+def _requeue(job_id: str, reporter: JobReporter, reason: str) -> str:
+    with session_scope() as session:
+        record.requeue_job(session, job_id)
+    reporter.status("queued", reason=reason)
+    if enqueue_training(job_id):
+        with session_scope() as session:
+            record.mark_enqueued(session, job_id)
+    return "requeued"
+
+
+def _drain_on_sigterm() -> None:
+    """SIGTERM straight to this process (systemd, `kill` of the group) asks for a checkpoint, not death."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: mark_draining(os.getpid()))
+
+
+def run_job(job_id: str, worker: str) -> str:
+    """Run one attempt; returns what became of it (succeeded, failed, cancelled, requeued, skipped)."""
+    _drain_on_sigterm()
+    try:
+        return _attempt(job_id, worker)
+    finally:
+        clear_draining(os.getpid())
+
+
+def _attempt(job_id: str, worker: str) -> str:
+    with session_scope() as session:
+        job = record.claim_job(session, job_id, worker)
+    if job is None:
+        log.info("job %s is not claimable (running elsewhere, finished, cancelled or deleted): skipping", job_id)
+        return "skipped"
+    spec = JobSpec.model_validate(job.spec)
+    out_dir = storage.job_dir(job_id)
+    resume = latest_complete_checkpoint(out_dir / "trainer")
+    with session_scope() as session:
+        record.drop_points_after(session, job_id, resume[0] if resume else 0)
+    reporter = JobReporter(job_id, worker)
+    reporter.status("running", attempt=job.attempts, resumed_from_step=resume[0] if resume else None)
+    log.info(
+        "job %s: attempt %d on %s%s",
+        job_id,
+        job.attempts,
+        spec.base_model,
+        f", resuming from step {resume[0]}" if resume else "",
+    )
+    try:
+        result = recipe.run(
+            spec,
+            _dataset_path(spec.dataset),
+            out_dir,
+            reporter,
+            validation_path=_dataset_path(spec.validation_dataset),
+            resume_from=resume[1] if resume else None,
+        )
+        size, sha = pack_directory(out_dir / "adapter", out_dir / "adapter.tar.gz")
+    except Drained as stop:
+        reporter.close()
+        return _requeue(job_id, reporter, f"worker shutting down; checkpoint saved at step {stop.step}")
+    except Exception as exc:
+        reporter.close()
+        if is_out_of_memory(exc):
+            return _handle_out_of_memory(job_id, spec, reporter)
+        if isinstance(exc, Cancelled):
+            if reporter.lease_lost:
+                return "lease lost"  # another worker owns the job now; this copy records nothing
+            return _finish(job_id, reporter, "cancelled")
+        log.exception("job %s failed", job_id)
+        return _finish(job_id, reporter, "failed", _describe_failure(exc))
+    reporter.close()
+    with session_scope() as session:
+        record.add_artifact(
+            session,
+            job_id,
+            name="adapter",
+            kind="adapter",
+            size_bytes=size,
+            sha256=sha,
+            path=storage.relative(out_dir / "adapter.tar.gz"),
+            step=result.steps,
+        )
+    return _finish(job_id, reporter, "succeeded")
+
+
+def _handle_out_of_memory(job_id: str, spec: JobSpec, reporter: JobReporter) -> str:
+    smaller = smaller_micro_batch(spec.training)
+    if smaller is None:
+        return _finish(
+            job_id,
+            reporter,
+            "failed",
+            (
+                "out_of_memory",
+                (
+                    "the GPU ran out of memory even with a micro-batch of 1: lower training.max_seq_length, use 4-bit "
+                    "quantization, a smaller lora.r, or a GPU with more memory"
+                ),
+            ),
+        )
+    message = (
+        f"out of GPU memory at micro-batch {spec.training.batch_size}: retrying with batch_size "
+        f"{smaller.batch_size} and gradient_accumulation_steps {smaller.gradient_accumulation_steps} "
+        "(same effective batch)"
+    )
+    log.warning("job %s: %s", job_id, message)
+    reporter.warning(message)
+    with session_scope() as session:
+        record.update_spec(session, job_id, spec.model_copy(update={"training": smaller}).model_dump(mode="json"))
+    return _requeue(job_id, reporter, "out of memory; smaller micro-batch")
+
+
+def _finish(job_id: str, reporter: JobReporter, status: str, error: tuple[str, str] | None = None) -> str:
+    with session_scope() as session:
+        if status == "failed" and record.job_status(session, job_id) == "cancelling":
+            status, error = "cancelled", None
+        record.finish_job(session, job_id, status, error)
+    # Resumable state (optimizer, RNG) is only useful until the job ends; packed checkpoints stay.
+    shutil.rmtree(storage.job_dir(job_id) / "trainer", ignore_errors=True)
+    reporter.status(status, **({"error": {"type": error[0], "message": error[1]}} if error else {}))
+    log.info("job %s: %s", job_id, status)
+    return status
