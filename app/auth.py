@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -10,10 +11,11 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.models import ApiKey
 
 KEY_PREFIX = "ft_"
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,20 @@ class Caller:
     key_id: str
     tenant: str
     is_admin: bool
+
+
+def can_see(caller: Caller, tenant: str) -> bool:
+    """A tenant's things are its own keys' to see; an admin key sees every tenant's."""
+    return caller.is_admin or tenant == caller.tenant
+
+
+def listing_tenant(caller: Caller, tenant: str | None) -> str | None:
+    """The tenant a list shows: the caller's own unless an admin names another, or `*` for all (None)."""
+    if tenant is None or tenant == caller.tenant:
+        return caller.tenant
+    if not caller.is_admin:
+        raise Forbidden("only an admin key may list another tenant's things; leave out `tenant`")
+    return None if tenant == "*" else tenant
 
 
 def hash_key(key: str) -> str:

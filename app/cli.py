@@ -23,9 +23,11 @@ def keys_create(
     admin: Annotated[bool, typer.Option(help="May see and revoke across tenants.")] = False,
 ) -> None:
     """Make an API key; the key is the last line printed, and is never shown again."""
-    from app.auth import create_key
+    from app.auth import TENANT_NAME, create_key
     from app.db import session_scope
 
+    if not TENANT_NAME.fullmatch(tenant or name):
+        raise typer.BadParameter("a tenant is letters, digits, `.`, `_` and `-`, starting with a letter or digit")
     with session_scope() as session:
         key = create_key(session, name=name, tenant=tenant, is_admin=admin)
     typer.echo(f"created key {name!r} for tenant {tenant or name!r}; store it now, it is not shown again:", err=True)
@@ -41,7 +43,8 @@ def keys_list() -> None:
     with session_scope() as session:
         for key in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
             state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
-            typer.echo(f"{key.id}  ft_{key.prefix}_…  {key.name}  tenant={key.tenant}  {state}")
+            role = "  admin" if key.is_admin else ""
+            typer.echo(f"{key.id}  ft_{key.prefix}_…  {key.name}  tenant={key.tenant}{role}  {state}")
 
 
 @keys.command("revoke")

@@ -4,8 +4,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The settings a tenant may have its own value of, in FT_TENANT_LIMITS.
+TENANT_LIMIT_NAMES = (
+    "max_upload_bytes",
+    "max_running_jobs",
+    "max_queued_jobs",
+    "max_dataset_storage_bytes",
+    "max_training_steps",
+    "max_epochs",
+    "max_seq_length",
+    "max_lora_rank",
+    "submit_rate_per_minute",
+    "upload_rate_per_minute",
+)
 
 
 class Settings(BaseSettings):
@@ -17,6 +31,21 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Local base models; default: data_dir/models.")
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest dataset upload accepted (413 above).")
+    # Quotas, bounds and rate limits per tenant (app/limits.py, docs/security.md); 0 allows none.
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest non-upload request body (413).")
+    max_running_jobs: int = Field(2, ge=0, description="Jobs one tenant may have training at once; more wait.")
+    max_queued_jobs: int = Field(20, ge=0, description="Jobs one tenant may have waiting (429 above).")
+    max_dataset_storage_bytes: int = Field(20 * 1024**3, ge=0, description="Uploaded data one tenant may hold.")
+    max_training_steps: int = Field(100_000, ge=1, description="Most optimizer steps one job may run (422 above).")
+    max_epochs: float = Field(100, gt=0, description="Most passes over the data one job may make.")
+    max_seq_length: int = Field(8192, ge=8, description="Largest training.max_seq_length accepted.")
+    max_lora_rank: int = Field(256, ge=1, description="Largest lora.r accepted.")
+    submit_rate_per_minute: int = Field(60, ge=0, description="Job submissions and validations per tenant a minute.")
+    upload_rate_per_minute: int = Field(30, ge=0, description="Dataset uploads per tenant a minute.")
+    tenant_limits: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Per-tenant overrides of the limits above (JSON), e.g. `{"research": {"max_running_jobs": 8}}`.',
+    )
     training_queue: str = Field("training", description="Celery queue the API sends training tasks to.")
     visibility_timeout_s: int = Field(
         12 * 3600, description="Redis redelivers an unacked task after this long: longer than any job."
@@ -40,6 +69,15 @@ class Settings(BaseSettings):
         description="A partial job spec (JSON) under every /v1 fine-tuning job, e.g. "
         '`{"quantization": null, "lora": {"r": 8}}`; its training.learning_rate is what a multiplier of 1 means.',
     )
+
+    @field_validator("tenant_limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for tenant, overrides in value.items():
+            unknown = sorted(set(overrides) - set(TENANT_LIMIT_NAMES))
+            if unknown:
+                raise ValueError(f"tenant {tenant!r}: unknown limit(s) {unknown}; known: {list(TENANT_LIMIT_NAMES)}")
+        return value
 
     @cached_property
     def sqlalchemy_url(self) -> str:

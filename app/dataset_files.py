@@ -3,11 +3,13 @@
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.errors import Invalid, UnsupportedMediaType
+from app.config import settings
+from app.errors import Invalid, TooLarge, UnsupportedMediaType
 
 FORMATS = {
     ".jsonl": "jsonl",
@@ -18,6 +20,17 @@ FORMATS = {
     ".parquet": "parquet",
 }
 PARQUET_MAGIC = b"PAR1"
+# Archives are refused, not unpacked: a few kilobytes of gzip can expand to terabytes.
+COMPRESSED_MAGIC = [
+    (re.compile(rb"^\x1f\x8b"), "gzip"),
+    (re.compile(rb"^PK\x03\x04"), "zip"),
+    (re.compile(rb"^BZh[1-9]1AY&SY"), "bzip2"),
+    (re.compile(rb"^\xfd7zXZ\x00"), "xz"),
+    (re.compile(rb"^\x28\xb5\x2f\xfd"), "zstd"),
+    (re.compile(rb"^7z\xbc\xaf\x27\x1c"), "7z"),
+]
+COMPRESSED_SUFFIXES = {".gz", ".gzip", ".tgz", ".zip", ".bz2", ".xz", ".zst", ".7z"}
+PARQUET_BATCH_ROWS = 64  # decoded a batch at a time, so one batch of huge values is all that can be in memory
 BOMS = [  # UTF-32 first: its little-endian mark starts like UTF-16's
     (b"\xff\xfe\x00\x00", "UTF-32"),
     (b"\x00\x00\xfe\xff", "UTF-32"),
@@ -38,6 +51,12 @@ def detect_format(filename: str, head: bytes) -> str:
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
     suffix = Path(filename).suffix.lower()
+    kind = next((name for magic, name in COMPRESSED_MAGIC if magic.match(head)), None)
+    if kind or suffix in COMPRESSED_SUFFIXES:
+        raise UnsupportedMediaType(
+            f"{filename!r} is compressed ({kind or suffix}): compressed uploads are not accepted, as they can expand "
+            "without bound; upload the uncompressed file (Parquet's own compression is fine)"
+        )
     if suffix in FORMATS:
         return FORMATS[suffix]
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -128,14 +147,42 @@ def _parse_delimited(text: str, delimiter: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _parse_parquet(data: bytes) -> list[dict[str, Any]]:
+def _parse_parquet(data: bytes, max_bytes: int) -> list[dict[str, Any]]:
+    """Rows of a Parquet file, refused with 413 once they would decode to more than `max_bytes`.
+
+    Parquet is compressed inside, so a small file can decode to terabytes: the sizes its metadata declares
+    are checked first, then the decoded size is counted batch by batch, in case the metadata lies.
+    """
     import pyarrow.parquet as pq  # pyarrow is heavy; only Parquet uploads pay for it
 
+    def too_large(size: int) -> TooLarge:
+        return TooLarge(
+            f"the Parquet file decodes to more than {size:,} bytes, over the {max_bytes:,}-byte limit "
+            "(FT_MAX_UPLOAD_BYTES applies to the decoded data)"
+        )
+
     try:
-        table = pq.read_table(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        meta = parquet.metadata
+        declared = 0
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            column_sizes = sum(group.column(c).total_uncompressed_size for c in range(group.num_columns))
+            declared += max(group.total_byte_size, column_sizes)
+        if declared > max_bytes:
+            raise too_large(declared)
+        rows: list[dict[str, Any]] = []
+        decoded = 0
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            decoded += batch.nbytes
+            if decoded > max_bytes:
+                raise too_large(decoded)
+            rows.extend(batch.to_pylist())
+    except TooLarge:
+        raise
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise Invalid(f"not a readable Parquet file: {exc}") from None
-    return table.to_pylist()
+    return rows
 
 
 def parse_dataset(filename: str, data: bytes) -> ParsedDataset:
@@ -143,7 +190,7 @@ def parse_dataset(filename: str, data: bytes) -> ParsedDataset:
         raise Invalid("the file is empty: upload at least one row")
     fmt = detect_format(filename, data[:4096])
     if fmt == "parquet":
-        rows = _parse_parquet(data)
+        rows = _parse_parquet(data, settings.max_upload_bytes)
     else:
         text = _decode(data)
         rows = {

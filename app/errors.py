@@ -22,6 +22,12 @@ class Unauthorized(DomainError):
     status_code = 401
 
 
+class Forbidden(DomainError):
+    """A known caller asking for what only an admin key may do (never used to hide another tenant's things)."""
+
+    status_code = 403
+
+
 class NotFound(DomainError):
     status_code = 404
 
@@ -40,6 +46,12 @@ class UnsupportedMediaType(DomainError):
 
 class Invalid(DomainError):
     status_code = 422
+
+
+class TooManyRequests(DomainError):
+    """A rate limit or a quota; `Retry-After` when waiting helps."""
+
+    status_code = 429
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -67,6 +79,7 @@ def validation_detail(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str,
 OPENAI_STATUS = {409: 400, 415: 400, 422: 400}
 OPENAI_CODES = {
     401: "invalid_api_key",
+    403: "permission_denied",
     404: "not_found",
     409: "invalid_state",
     413: "file_too_large",

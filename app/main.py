@@ -5,12 +5,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import datasets, events, health, jobs, metrics, openai_compat, validate
+from app.api import admin, datasets, events, health, jobs, metrics, openai_compat, validate
 from app.config import settings
 from app.db import SessionLocal
 from app.errors import install_error_handlers
 from app.observability import install_observability
 from app.reconciler import Reconciler
+from app.security import install_security
 from app.web import mount_dashboard
 from app.webhooks import WebhookDeliverer
 
@@ -45,8 +46,11 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(openai_compat.router)
+    app.include_router(admin.router)
+    app.include_router(admin.limits_router)
     install_observability(app)  # GET /metrics and request latency
     mount_dashboard(app)  # the web dashboard at /
+    install_security(app)  # body-size limit; errors and auth in the OpenAPI schema
     return app
 
 

@@ -41,15 +41,24 @@ class JobStats:
     broker_queue_length: int | None = None
 
 
-def job_stats(session: Session) -> JobStats:
-    """Counts by status and the training done so far, in two small queries (the jobs table, one index probe each)."""
+def job_stats(session: Session, tenant: str | None = None) -> JobStats:
+    """Counts by status and the training done so far, in two small queries (the jobs table, one index probe each).
+
+    `tenant`: only that tenant's jobs (what a non-admin key is shown); None: every tenant's.
+    """
     stats = JobStats(by_status=dict.fromkeys(STATUSES, 0))
-    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+    mine = [Job.tenant == tenant] if tenant is not None else []
+    for status, count in session.execute(select(Job.status, func.count()).where(*mine).group_by(Job.status)):
         stats.by_status[status] = count
-    stats.steps_trained = session.scalar(select(func.coalesce(func.sum(Job.step), 0))) or 0
+    stats.steps_trained = session.scalar(select(func.coalesce(func.sum(Job.step), 0)).where(*mine)) or 0
     # Tokens seen so far by each job are on its latest point: one probe of the (job, split, step) index per job.
     latest_point = and_(MetricPoint.job_id == Job.id, MetricPoint.split == "train", MetricPoint.step == Job.step)
-    tokens = select(func.coalesce(func.sum(MetricPoint.num_tokens), 0)).select_from(Job).join(MetricPoint, latest_point)
+    tokens = (
+        select(func.coalesce(func.sum(MetricPoint.num_tokens), 0))
+        .select_from(Job)
+        .join(MetricPoint, latest_point)
+        .where(*mine)
+    )
     stats.tokens_trained = session.scalar(tokens) or 0
     try:
         stats.broker_queue_length = int(events.redis_client().llen(settings.training_queue))
@@ -83,10 +92,14 @@ class JobStatsCollector(Collector):
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def prometheus_metrics(_caller: CallerDep, session: SessionDep) -> Response:
-    """Prometheus text format; scrape with an API key (`authorization` in the scrape config)."""
+def prometheus_metrics(caller: CallerDep, session: SessionDep) -> Response:
+    """Prometheus text format; scrape with an API key (`authorization` in the scrape config).
+
+    Job figures are the key's tenant's own (an admin key's: every tenant's); the broker queue and request
+    latency are the service's, shared by all.
+    """
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(JobStatsCollector(job_stats(session)))
+    scrape.register(JobStatsCollector(job_stats(session, None if caller.is_admin else caller.tenant)))
     body = generate_latest(REGISTRY) + generate_latest(scrape)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -18,6 +18,7 @@ from app import events
 from app.config import settings
 from app.models import Job, utcnow
 from app.queue import enqueue_training
+from app.webhooks import notify_job_finished
 
 log = logging.getLogger(__name__)
 BROKER_EPOCH_KEY = "ft:broker-epoch"
@@ -33,7 +34,8 @@ def _broker_was_reset(session: Session) -> None:
 
 
 def _expire_leases(session: Session, now: datetime) -> list[str]:
-    requeued = []
+    """Requeue, fail or cancel running jobs whose worker stopped heartbeating; returns the ones that ended."""
+    ended = []
     expired = session.execute(
         select(Job.id, Job.status, Job.attempts, Job.lease_expires_at).where(
             Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
@@ -61,9 +63,9 @@ def _expire_leases(session: Session, now: datetime) -> list[str]:
         if won.rowcount:
             log.warning("job %s: worker lease expired while %s -> %s", job_id, status, values["status"])
             events.publish(job_id, "status", {"status": values["status"], "reason": "worker lease expired"})
-            if values["status"] == "queued":
-                requeued.append(job_id)
-    return requeued
+            if values["status"] != "queued":
+                ended.append(job_id)
+    return ended
 
 
 def _resend_unsent(session: Session) -> int:
@@ -78,8 +80,10 @@ def _resend_unsent(session: Session) -> int:
 def reconcile_once(make_session: sessionmaker) -> None:
     with make_session() as session:
         _broker_was_reset(session)
-        _expire_leases(session, utcnow())
+        ended = _expire_leases(session, utcnow())
         session.commit()
+        for job_id in ended:
+            notify_job_finished(job_id, session)  # their workers are gone and cannot send the webhook
         _resend_unsent(session)
         session.commit()
 

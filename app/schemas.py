@@ -5,11 +5,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.models import Dataset, Job, MetricPoint
+from app.models import Dataset, Job
 
 
 class DatasetPublic(BaseModel):
     id: str
+    tenant: str | None = None
     name: str
     filename: str
     format: str
@@ -49,6 +50,7 @@ class JobError(BaseModel):
 
 class JobPublic(BaseModel):
     id: str
+    tenant: str | None = None
     name: str | None
     status: str
     spec: dict[str, Any]
@@ -67,6 +69,7 @@ class JobPublic(BaseModel):
     def of(cls, job: Job) -> "JobPublic":
         return cls(
             id=job.id,
+            tenant=job.tenant,
             name=job.name,
             status=job.status,
             spec=job.spec,
@@ -86,42 +89,6 @@ class JobPublic(BaseModel):
 class JobsPublic(BaseModel):
     data: list[JobPublic]
     next_cursor: str | None = None
-
-
-class TrainPoint(BaseModel):
-    step: int
-    epoch: float | None
-    loss: float | None
-    learning_rate: float | None
-    grad_norm: float | None
-    tokens_per_second: float | None
-    num_tokens: int | None
-    time: datetime
-
-    @classmethod
-    def of(cls, p: MetricPoint) -> "TrainPoint":
-        return cls.model_validate(p, from_attributes=True)
-
-
-class EvalPoint(BaseModel):
-    step: int
-    epoch: float | None
-    eval_loss: float | None
-    time: datetime
-
-    @classmethod
-    def of(cls, p: MetricPoint) -> "EvalPoint":
-        extra = {k: v for k, v in (p.extra or {}).items() if k not in cls.model_fields}
-        return cls.model_validate({"step": p.step, "epoch": p.epoch, "eval_loss": p.loss, "time": p.time, **extra})
-
-    model_config = {"extra": "allow"}
-
-
-class MetricsPublic(BaseModel):
-    job_id: str
-    status: str
-    train: list[TrainPoint]
-    eval: list[EvalPoint]
 
 
 class ArtifactPublic(BaseModel):

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from app.adapter_spec import Adapter, LoraAdapter, adapter_problems
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 LOCAL_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -159,6 +161,28 @@ class Training(StrictModel):
     logging_steps: int = Field(1, ge=1, description="Report loss every N steps.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for the data split, shuffling and LoRA init.")
     packing: bool = Field(False, description="Pack several short examples into one sequence (no padding).")
+    # Speed knobs: the fast choice is the default; each is guarded so a CPU worker keeps working.
+    padding_free: bool = Field(
+        True,
+        description="Batches without padding: examples are concatenated, position ids restart at each one and "
+        "attention never crosses them. Same examples per step as padded batches. On a GPU without "
+        "flash_attention_2, batches of similar lengths are grouped instead.",
+    )
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa",
+        description="Attention kernel: sdpa (PyTorch's fused attention), flash_attention_2 (GPU, needs the "
+        "flash-attn package; falls back to sdpa with a warning), eager (plain matmuls, slowest).",
+    )
+    use_liger_kernel: bool = Field(
+        True,
+        description="GPU only: Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy) "
+        "when the liger-kernel package is installed; ignored on CPU.",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="GPU only: compile the model with torch.compile; pays off on long jobs, costs minutes of "
+        "compilation on short ones; ignored on CPU.",
+    )
     load_best: bool = Field(
         False, description="Keep the adapter from the evaluation with the lowest eval loss, not the last step's."
     )
@@ -186,6 +210,11 @@ class JobSpec(StrictModel):
         default_factory=Quantization, description="4-bit QLoRA by default; 8-bit; null: no quantization."
     )
     lora: Lora = Field(default_factory=Lora, description="The LoRA adapter.")
+    adapter: Adapter = Field(
+        default_factory=LoraAdapter,
+        description="The PEFT method: `lora` (default), `dora`, `rslora` (these three use `lora`'s settings), "
+        "`ia3`, `prefix_tuning`, `prompt_tuning`, `p_tuning`; see docs/methods.md.",
+    )
     training: Training = Field(default_factory=Training, description="The optimisation loop.")
     metadata: Metadata | None = Field(
         None, description="Up to 16 string labels (keys up to 64 characters, values up to 512), as in OpenAI's API."
@@ -195,6 +224,13 @@ class JobSpec(StrictModel):
         max_length=2000,
         description="An http(s) URL POSTed (signed, retried) when the job succeeds, fails or is cancelled.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("name must be printable text (no control characters)")
+        return value
 
     @field_validator("base_model")
     @classmethod
@@ -221,4 +257,11 @@ class JobSpec(StrictModel):
             raise ValueError("training.eval_every_steps needs training.eval_fraction > 0 or a validation_dataset")
         if self.training.load_best and not (self.training.eval_fraction or self.validation_dataset):
             raise ValueError("training.load_best needs training.eval_fraction > 0 or a validation_dataset")
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_fits(self) -> "JobSpec":
+        bits = self.quantization.bits if self.quantization else None
+        if problems := adapter_problems(self.adapter, bits, self.training.packing):
+            raise ValueError("; ".join(problems))
         return self

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from app.dataset_files import parse_dataset
 from app.spec import JobSpec
 from tests.conftest import TINY_MODEL
+from tests.unit.test_hub_datasets import mirror_hub_dataset
 from worker.training import recipe
 from worker.training.errors import TrainingError
 from worker.training.progress import LogReport
@@ -64,16 +65,6 @@ def parquet(rows: list[dict]) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     return buffer.getvalue()
-
-
-def mirror_hub_dataset(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 40) -> None:
-    root = cache / f"datasets--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    for name, content in files.items():
-        path = root / "snapshots" / commit / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 
-from app import storage
+from app import limits, storage
 from app.db import session_scope
 from app.queue import enqueue_training
 from app.spec import JobSpec
@@ -65,6 +65,8 @@ def run_job(job_id: str, worker: str) -> str:
 
 def _attempt(job_id: str, worker: str) -> str:
     with session_scope() as session:
+        if limits.defer_if_tenant_busy(session, job_id):  # its tenant runs all it may: the reconciler re-sends it
+            return "deferred"
         job = record.claim_job(session, job_id, worker)
     if job is None:
         log.info("job %s is not claimable (running elsewhere, finished, cancelled or deleted): skipping", job_id)

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from app.api import datasets_service
 from app.auth import CallerDep, SessionDep
+from app.limits import LIMITED, UploadRate
 from app.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -19,7 +20,16 @@ class DatasetPreview(BaseModel):
     data: list[dict[str, Any]]
 
 
-@router.post("", status_code=201, response_model=DatasetPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    dependencies=[UploadRate],
+    responses={
+        200: {"model": DatasetPublic, "description": "The same file again: the dataset that holds it."},
+        **LIMITED,
+    },
+)
 def upload_dataset(
     caller: CallerDep,
     session: SessionDep,
@@ -36,14 +46,18 @@ def upload_dataset(
 
 @router.get("", response_model=DatasetsPublic)
 def list_datasets(
-    caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    caller: CallerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    tenant: Annotated[str | None, Query(max_length=200, description="Admin keys: another tenant, or `*`.")] = None,
 ) -> DatasetsPublic:
-    return DatasetsPublic(data=[DatasetPublic.of(d) for d in datasets_service.list_datasets(session, caller, limit)])
+    datasets = datasets_service.list_datasets(session, caller, limit, tenant)
+    return DatasetsPublic(data=[DatasetPublic.of(d) for d in datasets])
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DatasetPublic:
-    return DatasetPublic.of(datasets_service.get_dataset(session, caller, dataset_id))
+    return DatasetPublic.of(datasets_service.get_dataset(session, caller, dataset_id, admin_may_read=True))
 
 
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview)
@@ -54,6 +68,6 @@ def preview_dataset(
     limit: Annotated[int, Query(ge=1, le=1000, description="How many rows, from the first.")] = 10,
 ) -> DatasetPreview:
     """The first rows as stored (what the worker reads), whatever the uploaded file's format."""
-    dataset = datasets_service.get_dataset(session, caller, dataset_id)
+    dataset = datasets_service.get_dataset(session, caller, dataset_id, admin_may_read=True)
     rows = datasets_service.read_rows(dataset.id, limit)
     return DatasetPreview(dataset_id=dataset.id, rows=dataset.rows, columns=dataset.columns, data=rows)

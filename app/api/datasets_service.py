@@ -10,9 +10,8 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import storage
-from app.auth import Caller
-from app.config import settings
+from app import limits, storage
+from app.auth import Caller, can_see, listing_tenant
 from app.dataset_files import parse_dataset
 from app.errors import Invalid, NotFound, TooLarge
 from app.models import Dataset
@@ -20,12 +19,12 @@ from app.models import Dataset
 SAFE_FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
 
 
-def _read_limited(upload: BinaryIO, limit: int) -> bytes:
+def _read_limited(upload: BinaryIO, limit: int, source: str = "FT_MAX_UPLOAD_BYTES") -> bytes:
     chunks, total = [], 0
     while chunk := upload.read(1 << 20):
         total += len(chunk)
         if total > limit:
-            raise TooLarge(f"the upload is larger than the {limit:,}-byte limit (FT_MAX_UPLOAD_BYTES)")
+            raise TooLarge(f"the upload is larger than the {limit:,}-byte limit ({source})")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -41,7 +40,8 @@ def create_dataset(
     session: Session, caller: Caller, upload: BinaryIO, filename: str | None, name: str | None
 ) -> tuple[Dataset, bool]:
     """Parse, store and record an upload; returns (dataset, created). A repeat upload returns the original."""
-    data = _read_limited(upload, settings.max_upload_bytes)
+    tenant_limits = limits.limits_for(caller.tenant)
+    data = _read_limited(upload, tenant_limits.max_upload_bytes, tenant_limits.source("max_upload_bytes"))
     filename = clean_filename(filename)
     sha256 = hashlib.sha256(data).hexdigest()
     existing = session.scalar(
@@ -49,9 +49,12 @@ def create_dataset(
     )
     if existing is not None:
         return existing, False
+    limits.check_storage_quota(session, caller.tenant, len(data))
     parsed = parse_dataset(filename, data)
     if name is not None and not name.strip():
         raise Invalid("name must not be blank")
+    if name is not None and not name.isprintable():
+        raise Invalid("name must be printable text (no control characters)")
     staged = _stage_rows(parsed.rows)
     try:
         dataset = Dataset(
@@ -103,15 +106,21 @@ def read_rows(dataset_id: str, limit: int | None = None) -> list[dict[str, Any]]
     return rows
 
 
-def get_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.tenant != caller.tenant:
+def get_dataset(session: Session, caller: Caller, dataset_id: str, *, admin_may_read: bool = False) -> Dataset:
+    """The caller's dataset; 404 alike for another tenant's and a missing one.
+
+    `admin_may_read`: for routes that only show a dataset, where an admin key sees every tenant's. Never for
+    a spec's data: a job trains only on its own tenant's datasets, whoever submits it.
+    """
+    dataset = session.get(Dataset, dataset_id) if storage.SAFE_ID.fullmatch(dataset_id) else None
+    if dataset is None or not (dataset.tenant == caller.tenant or (admin_may_read and can_see(caller, dataset.tenant))):
         raise NotFound(f"dataset {dataset_id!r} not found; list yours with GET /datasets")
     return dataset
 
 
-def list_datasets(session: Session, caller: Caller, limit: int) -> list[Dataset]:
-    query = (
-        select(Dataset).where(Dataset.tenant == caller.tenant).order_by(Dataset.created_at.desc(), Dataset.id.desc())
-    )
+def list_datasets(session: Session, caller: Caller, limit: int, tenant: str | None = None) -> list[Dataset]:
+    """The caller's datasets, newest first; an admin may name another `tenant`, or `*` for all."""
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    if (shown := listing_tenant(caller, tenant)) is not None:
+        query = query.where(Dataset.tenant == shown)
     return list(session.scalars(query.limit(limit)))

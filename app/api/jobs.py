@@ -7,6 +7,7 @@ from fastapi.responses import FileResponse
 
 from app.api import jobs_service
 from app.auth import CallerDep, SessionDep
+from app.limits import LIMITED, SubmitRate
 from app.models import Artifact
 from app.queue import enqueue_training
 from app.schemas import (
@@ -22,7 +23,13 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 
 
-@router.post("", status_code=201, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    dependencies=[SubmitRate],
+    responses=LIMITED,
+)
 def submit_job(
     spec: JobSpec,
     caller: CallerDep,
@@ -45,9 +52,10 @@ def list_jobs(
     session: SessionDep,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    tenant: Annotated[str | None, Query(max_length=200, description="Admin keys: another tenant, or `*`.")] = None,
 ) -> JobsPublic:
-    jobs, next_cursor = jobs_service.list_jobs(session, caller, status, limit, cursor)
+    jobs, next_cursor = jobs_service.list_jobs(session, caller, status, limit, cursor, tenant)
     return JobsPublic(data=[JobPublic.of(j) for j in jobs], next_cursor=next_cursor)
 
 
@@ -94,7 +102,12 @@ def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, reques
     return _artifacts(request, job.id, jobs_service.list_artifacts(session, job, kind="checkpoint"))
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, name="download_artifact")
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    name="download_artifact",
+    responses={200: {"content": {"application/gzip": {}}, "description": "The artifact as a .tar.gz."}},
+)
 def download_artifact(job_id: str, name: str, caller: CallerDep, session: SessionDep) -> FileResponse:
     job = jobs_service.get_job(session, caller, job_id)
     artifact, path = jobs_service.artifact_file(session, job, name)

@@ -1,6 +1,7 @@
 """Jobs: submit (checked against the caller's data), read, list, cancel, metrics and artifacts."""
 
 import base64
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -8,14 +9,15 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import events, storage
+from app import events, limits, storage
 from app.api import validate_service
-from app.auth import Caller
+from app.auth import Caller, can_see, listing_tenant
 from app.errors import Conflict, Invalid, NotFound
-from app.models import Artifact, Job, MetricPoint, utcnow
+from app.models import Artifact, Job, utcnow
 from app.spec import JobSpec
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
 def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> None:
@@ -31,6 +33,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         )
         if existing is not None:
             return existing, False
+    limits.check_queued_quota(session, caller.tenant)
     validate_submission(session, caller, spec)
     job = Job(
         tenant=caller.tenant,
@@ -58,8 +61,9 @@ def mark_enqueued(session: Session, job: Job) -> None:
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant != caller.tenant:
+    """The job, if the caller may see it; 404 alike for another tenant's job and one that does not exist."""
+    job = session.get(Job, job_id) if storage.SAFE_ID.fullmatch(job_id) else None
+    if job is None or not can_see(caller, job.tenant):
         raise NotFound(f"job {job_id!r} not found; list yours with GET /jobs")
     return job
 
@@ -71,15 +75,20 @@ def _encode_cursor(job: Job) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        if not storage.SAFE_ID.fullmatch(job_id):
+            raise ValueError(job_id)
         return datetime.fromisoformat(created), job_id
     except (ValueError, UnicodeDecodeError):
         raise Invalid("cursor: not a cursor this API returned; pass next_cursor from a previous page") from None
 
 
 def list_jobs(
-    session: Session, caller: Caller, status: str | None, limit: int, cursor: str | None
+    session: Session, caller: Caller, status: str | None, limit: int, cursor: str | None, tenant: str | None = None
 ) -> tuple[list[Job], str | None]:
-    query = select(Job).where(Job.tenant == caller.tenant)
+    """The caller's jobs, newest first; an admin may name another `tenant`, or `*` for all."""
+    query = select(Job)
+    if (shown := listing_tenant(caller, tenant)) is not None:
+        query = query.where(Job.tenant == shown)
     if status:
         query = query.where(Job.status == status)
     if cursor:
@@ -105,13 +114,6 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     return job
 
 
-def metric_points(session: Session, job: Job, split: str, since_step: int | None) -> list[MetricPoint]:
-    query = select(MetricPoint).where(MetricPoint.job_id == job.id, MetricPoint.split == split)
-    if since_step is not None:
-        query = query.where(MetricPoint.step > since_step)
-    return list(session.scalars(query.order_by(MetricPoint.step)))
-
-
 def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[Artifact]:
     query = select(Artifact).where(Artifact.job_id == job.id)
     if kind:
@@ -120,7 +122,9 @@ def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[
 
 
 def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, Path]:
-    artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+    artifact = None
+    if ARTIFACT_NAME.fullmatch(name):  # names reach SQL and file names; anything else is no artifact of ours
+        artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
     if artifact is None:
         if name == "adapter":
             raise Conflict(f"job {job.id} is {job.status}: the adapter exists once the job has succeeded")

@@ -20,6 +20,7 @@ from app.api.openai_schemas import (
     ListObject,
 )
 from app.auth import CallerDep, SessionDep
+from app.limits import LIMITED, SubmitRate, UploadRate
 from app.queue import enqueue_training
 from app.webhooks import notify_job_finished
 
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 After = Annotated[str | None, Query(max_length=200, description="An id from the previous page: continue after it.")]
 
 
-@router.post("/files", response_model=FileObject)
+@router.post("/files", response_model=FileObject, dependencies=[UploadRate], responses=LIMITED)
 def upload_file(
     caller: CallerDep,
     session: SessionDep,
@@ -56,14 +57,18 @@ def retrieve_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileO
     return openai_service.file_object(openai_service.get_file(session, caller, file_id))
 
 
-@router.get("/files/{file_id}/content", response_class=FileResponse)
+@router.get(
+    "/files/{file_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/jsonl": {}}, "description": "The rows, one JSON object a line."}},
+)
 def file_content(file_id: str, caller: CallerDep, session: SessionDep) -> FileResponse:
     """The rows as stored: JSON Lines, whatever format was uploaded."""
     dataset = openai_service.get_file(session, caller, file_id)
     return FileResponse(storage.dataset_rows_path(dataset.id), media_type="application/jsonl")
 
 
-@router.post("/fine_tuning/jobs", response_model=FineTuningJobObject)
+@router.post("/fine_tuning/jobs", response_model=FineTuningJobObject, dependencies=[SubmitRate], responses=LIMITED)
 def create_fine_tuning_job(
     body: FineTuningJobCreate,
     caller: CallerDep,

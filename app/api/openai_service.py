@@ -69,7 +69,7 @@ def upload_file(session: Session, caller: Caller, upload: BinaryIO, filename: st
 
 def get_file(session: Session, caller: Caller, file_id: str) -> Dataset:
     try:
-        return datasets_service.get_dataset(session, caller, file_id)
+        return datasets_service.get_dataset(session, caller, file_id, admin_may_read=True)
     except NotFound:
         raise NotFound(
             f"no such file: {file_id!r}; list yours with GET /v1/files", extra={"param": "file_id"}

@@ -5,12 +5,13 @@ from fastapi import APIRouter
 from app.api import validate_service
 from app.auth import CallerDep, SessionDep
 from app.data_checks import ValidationReport
+from app.limits import LIMITED, SubmitRate
 from app.spec import JobSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("/validate", response_model=ValidationReport)
+@router.post("/validate", response_model=ValidationReport, dependencies=[SubmitRate], responses=LIMITED)
 def validate_job(spec: JobSpec, caller: CallerDep, session: SessionDep) -> ValidationReport:
     """Render the first examples with their trained part, count tokens and steps, and list every problem."""
     return validate_service.check_job_spec(session, caller, spec)

@@ -1,8 +1,11 @@
 """Gather what a spec's checks need (the caller's datasets, hub data, the base model's tokenizer), then check."""
 
+import json
+from pathlib import Path
+
 from sqlalchemy.orm import Session
 
-from app import hub_files
+from app import hub_files, limits
 from app.api.datasets_service import get_dataset, read_rows
 from app.auth import Caller
 from app.config import settings
@@ -12,21 +15,34 @@ from app.spec import HubDataset, JobSpec
 from app.tokenization import ModelTokenizer
 
 
+def _model_dir_problem(base_model: str, local: Path) -> str | None:
+    """Why a directory in FT_MODELS_DIR cannot be trained on here, or None: the worker's rules, checked early."""
+    if not local.resolve().is_relative_to(settings.resolved_models_dir):
+        return f"{base_model!r} in FT_MODELS_DIR links outside it; only directories inside it are used"
+    if not (local / "config.json").is_file():
+        return f"{base_model!r} in FT_MODELS_DIR has no config.json"
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((local / name).read_text(encoding="utf-8")) if (local / name).is_file() else {}
+        except (ValueError, OSError):
+            return f"{base_model!r}: its {name} is not readable JSON"
+        if isinstance(config, dict) and config.get("auto_map"):
+            return (
+                f"{base_model!r} needs custom code ({name} has auto_map), and remote or custom code is never run "
+                "here; use a model whose architecture transformers ships"
+            )
+    if not any(local.glob("*.safetensors")):
+        return f"{base_model!r} has no .safetensors weights (pickled weights are never loaded)"
+    return None
+
+
 def _check_base_model(base_model: str, report: ValidationReport) -> None:
     local = settings.resolved_models_dir / base_model
     if not local.is_dir():
         return  # a hub id: its tokenizer is fetched below; the worker names a model it cannot load
-    if not (local / "config.json").is_file():
-        report.problems.append(
-            Problem(field="base_model", message=f"{base_model!r} in FT_MODELS_DIR has no config.json")
-        )
-    elif not any(local.glob("*.safetensors")):
-        report.problems.append(
-            Problem(
-                field="base_model",
-                message=f"{base_model!r} has no .safetensors weights (pickled weights are never loaded)",
-            )
-        )
+    problem = _model_dir_problem(base_model, local)
+    if problem:
+        report.problems.append(Problem(field="base_model", message=problem))
 
 
 def _source(
@@ -74,7 +90,8 @@ def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> Validatio
     evals = None
     if spec.validation_dataset is not None:
         evals = _source(session, caller, "validation_dataset", spec.validation_dataset, report)
-    return check_data(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+    check_data(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+    return limits.check_spec_bounds(spec, caller.tenant, report)
 
 
 def enforce(report: ValidationReport) -> None:

@@ -59,11 +59,12 @@ def sign_in(page: Page, stack: Stack) -> None:
 def submit_through_the_form(page: Page, tmp_path: Path) -> str:
     page.click("nav a[href='#/new']")
     data_file = tmp_path / "quotes.jsonl"
-    data_file.write_bytes(quotes_jsonl())
+    # One row of its own, so the upload is new (identical files are deduplicated to the first upload).
+    data_file.write_bytes(quotes_jsonl() + b'\n{"quote": "Seen from a browser.", "tags": ["dashboard"]}\n')
     page.set_input_files("#dataset-file", str(data_file))
     page.fill("#dataset-name", "quotes from the browser")
     page.click("#upload-button")
-    expect(page.locator("#job-form .ok")).to_contain_text("64 rows")
+    expect(page.locator("#job-form .ok")).to_contain_text("65 rows")
     expect(page.locator("#dataset option:checked")).to_contain_text("quotes from the browser")
     expect(page.locator("#dataset-info")).to_contain_text("quote, tags")
     page.fill("#name", "browser-job")

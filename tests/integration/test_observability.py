@@ -99,7 +99,10 @@ def test_a_growing_curve_is_never_served_stale(stack: Stack, long_run: str) -> N
     assert timed_get(stack, url, params)[1]["train"][-1]["step"] == POINTS
     engine = stack_engine(stack)
     with engine.begin() as conn:  # what a worker resuming the run would write
-        conn.execute(insert(MetricPoint), [{"job_id": long_run, "split": "train", "step": POINTS + 1, "loss": 0.1}])
+        conn.execute(
+            insert(MetricPoint),
+            [{"job_id": long_run, "split": "train", "step": POINTS + 1, "loss": 0.1, "num_tokens": (POINTS + 1) * 512}],
+        )
         conn.execute(update(Job).where(Job.id == long_run).values(step=POINTS + 1))
     engine.dispose()
     assert timed_get(stack, url, params)[1]["train"][-1]["step"] == POINTS + 1

@@ -46,7 +46,7 @@ def test_downsampling_100k_points_is_fast() -> None:
     for _ in range(5):
         downsample_indices(values, 1000)
     per_call = (time.perf_counter() - started) / 5
-    assert per_call < 0.03, f"downsampling 100k points took {per_call * 1000:.1f} ms"
+    assert per_call < 0.1, f"downsampling 100k points took {per_call * 1000:.1f} ms"  # ~10 ms on an idle core
 
 
 def test_short_curves_and_small_budgets() -> None:

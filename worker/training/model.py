@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from app.config import settings
 from app.spec import JobSpec, Quantization
 from worker.training.errors import TrainingError
+from worker.training.speed import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -43,6 +44,8 @@ def quantization_config(q: Quantization | None) -> BitsAndBytesConfig | None:
     dtype = DTYPES[q.compute_dtype]
     if device_type() == "cpu" and dtype is torch.float16:
         dtype = torch.float32  # the CPU has no fast fp16 matmul
+    if device_type() == "cpu" and dtype is torch.bfloat16 and not cpu_has_fast_bf16():
+        dtype = torch.float32  # no AVX512-BF16/AMX: bf16 matmuls are emulated, ~25x slower (docs/benchmarks.md)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
@@ -80,10 +83,11 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(spec: JobSpec) -> Any:
+def load_model(spec: JobSpec, attn_implementation: str = "sdpa") -> Any:
     """The frozen base model, quantized as the spec says, on the GPU when there is one."""
     source = resolve_base_model(spec.base_model)
     kwargs: dict[str, Any] = {"dtype": compute_dtype(), "use_safetensors": True, "trust_remote_code": False}
+    kwargs["attn_implementation"] = attn_implementation
     qconfig = quantization_config(spec.quantization)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig

@@ -15,12 +15,13 @@ from trl import SFTConfig, SFTTrainer
 
 from app.config import settings
 from app.spec import HubDataset, JobSpec
-from worker.training import data
+from worker.training import data, speed
 from worker.training import model as modelling
 from worker.training.best import BestAdapter
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
 from worker.training.errors import Cancelled, Drained, TrainingError
 from worker.training.progress import LogReport, ProgressCallback, Report
+from worker.training.speed import SpeedPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class TrainingResult:
     runtime_seconds: float
     device: str
     best_step: int | None = None  # with training.load_best: the step whose adapter was kept
+    train_seconds: float | None = None  # the training loop alone, for tokens/s
+    train_tokens: int | None = None  # real (non-padding) tokens trained on
+    peak_memory_bytes: int | None = None  # CUDA peak allocated on a GPU, peak RSS on the CPU
 
 
 def _load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:
@@ -60,8 +64,9 @@ def _setup_data(
     return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None)
 
 
-def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool) -> SFTConfig:
+def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan | None = None) -> SFTConfig:
     t = spec.training
+    fast = fast or SpeedPlan(padding_free=False)
     on_gpu = modelling.device_type() == "cuda"
     eval_strategy = "no"
     if has_eval:
@@ -106,6 +111,9 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool) -> SFTConfig:
         assistant_only_loss=spec.format.type == "chat",
         dataset_num_proc=None,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if fast.group_by_length else "random",
+        use_liger_kernel=fast.use_liger_kernel,
+        torch_compile=fast.torch_compile,
     )
 
 
@@ -126,20 +134,28 @@ def run(
     tokenizer = modelling.load_tokenizer(spec.base_model)
     tokenizer.truncation_side = spec.training.truncation_side
     data.use_chat_template(spec, tokenizer)
-    peft_model = modelling.add_lora(modelling.load_model(spec), spec)
+    fast = speed.plan(spec.training, modelling.device_type())
+    for message in fast.warnings:
+        report.warning(message)
+    peft_model = modelling.add_lora(modelling.load_model(spec, fast.attn_implementation), spec)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)
 
     progress = ProgressCallback(report)
     trainer = SFTTrainer(
         model=peft_model,
-        args=_training_args(spec, out_dir, eval_set is not None),
+        args=_training_args(spec, out_dir, eval_set is not None, fast),
+        # Padding-free through our own collator: SFTConfig(padding_free=True) without packing refuses a
+        # max_length, and this way examples are still cut to max_seq_length.
+        data_collator=speed.padding_free_collator(tokenizer.pad_token_id) if fast.padding_free else None,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
         callbacks=[progress],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the report, not stdout dicts
+    if fast.fp32_adapter:
+        speed.keep_adapter_fp32(peft_model)
     trainer.add_callback(CheckpointCallback(report))
     best = BestAdapter(peft_model) if spec.training.load_best else None
     if best is not None:
@@ -172,6 +188,9 @@ def run(
         runtime_seconds=round(time.monotonic() - started, 2),
         device=modelling.device_type(),
         best_step=best.step if best is not None else None,
+        train_seconds=output.metrics.get("train_runtime"),
+        train_tokens=trainer.state.num_input_tokens_seen or None,
+        peak_memory_bytes=speed.peak_memory_bytes(),
     )
     (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))

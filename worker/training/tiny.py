@@ -32,9 +32,7 @@ user assistant system question answer instruction response input output label te
 """
 
 
-def make_tiny_model(
-    out_dir: Path, vocab_size: int = 512, seed: int = 0, config: dict[str, Any] | None = None
-) -> Path:
+def make_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0, config: dict[str, Any] | None = None) -> Path:
     """Write a Hugging Face model directory (safetensors, tokenizer with a chat template) and return it.
 
     `config` overrides LlamaConfig fields (dimensions, `vocab_size`; `dtype` for the saved weights), e.g. for a bigger

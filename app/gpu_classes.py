@@ -1,0 +1,94 @@
+"""The GPU classes estimates are made for: memory and training speed per class, and the fleet the workers have.
+
+Speeds are relative to one published measurement (Qwen-7B LoRA and QLoRA on an A100-SXM4-80G, see
+docs/estimates.md): `compute` scales the matmul throughput, `bandwidth` the per-micro-batch overhead
+(4-bit dequantization and kernel launches, bound by memory bandwidth). The CPU figures were measured here.
+"""
+
+from dataclasses import dataclass
+
+from app.config import settings
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class GpuClass:
+    name: str
+    memory_gib: float | None  # total memory as nvidia-smi reports it; None: a CPU (host memory, no GPU limit)
+    compute: float  # matmul throughput relative to an A100 (dense 16-bit, Hopper discounted to what HF reaches)
+    bandwidth: float  # memory bandwidth relative to an A100-80GB (2039 GB/s)
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.memory_gib is None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory_gib is None else int(self.memory_gib * GIB)
+
+
+# Memory: nvidia-smi's total (MiB / 1024). Compute: datasheet dense fp16/bf16 tensor TFLOPS / 312 (A100), with
+# H100/H200 at 2.5x rather than 3.2x: the HF stack with bitsandbytes does not reach Hopper's peak.
+# Bandwidth: datasheet GB/s / 2039.
+KNOWN: tuple[GpuClass, ...] = (
+    GpuClass("T4", 15.0, 0.21, 0.16),
+    GpuClass("A10", 22.5, 0.40, 0.29),
+    GpuClass("L4", 22.5, 0.39, 0.15),
+    GpuClass("A100-40GB", 40.0, 1.0, 0.76),
+    GpuClass("A100-80GB", 80.0, 1.0, 1.0),
+    GpuClass("H100", 79.6, 2.5, 1.64),
+    GpuClass("H200", 140.4, 2.5, 2.35),
+)
+CPU = GpuClass("cpu", None, 0.0, 0.0)
+ALIASES = {"a100": "A100-80GB", "a100-40": "A100-40GB", "a100-80": "A100-80GB", "h100-80gb": "H100", "h200-141gb": "H200"}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    classes: tuple[GpuClass, ...]
+    source: str  # how the fleet was known, shown in every estimate
+
+    @property
+    def cpu_only(self) -> bool:
+        return all(c.is_cpu for c in self.classes)
+
+
+def find_class(name: str) -> GpuClass | None:
+    wanted = ALIASES.get(name.strip().lower(), name.strip()).lower()
+    if wanted == "cpu":
+        return CPU
+    return next((c for c in KNOWN if c.name.lower() == wanted), None)
+
+
+def nearest_by_memory(memory_gib: float, name: str) -> GpuClass:
+    """A custom GPU: its memory, and the speed of the known class closest in memory (a guess, said so in docs)."""
+    like = min(KNOWN, key=lambda c: abs((c.memory_gib or 0) - memory_gib))
+    return GpuClass(name, memory_gib, like.compute, like.bandwidth)
+
+
+def parse_fleet(value: str) -> tuple[GpuClass, ...]:
+    """`A10,A100-80GB,RTX4090:24,cpu` -> classes; `NAME:GIB` is a GPU the table does not know."""
+    classes = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, memory = item.partition(":")
+        if memory:
+            classes.append(nearest_by_memory(float(memory), name.strip()))
+        elif (known := find_class(name)) is not None:
+            classes.append(known)
+        else:
+            names = ", ".join(c.name for c in KNOWN)
+            raise ValueError(f"FT_FLEET_GPUS: unknown GPU class {name!r} (known: {names}, cpu; or NAME:GIB)")
+    return tuple(classes)
+
+
+def fleet() -> Fleet:
+    """FT_FLEET_GPUS, else FT_WORKER_GPU_MEMORY_GB (every worker's GPU), else every known class."""
+    if settings.fleet_gpus.strip():
+        return Fleet(parse_fleet(settings.fleet_gpus), "FT_FLEET_GPUS")
+    if settings.worker_gpu_memory_gb is not None:
+        if settings.worker_gpu_memory_gb <= 0:
+            return Fleet((CPU,), "FT_WORKER_GPU_MEMORY_GB=0: CPU-only workers")
+        gpu = nearest_by_memory(settings.worker_gpu_memory_gb, f"worker GPU ({settings.worker_gpu_memory_gb:g} GiB)")
+        return Fleet((gpu,), "FT_WORKER_GPU_MEMORY_GB")
+    return Fleet(KNOWN, "not configured (set FT_FLEET_GPUS or FT_WORKER_GPU_MEMORY_GB): every known GPU class")
