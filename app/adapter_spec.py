@@ -44,7 +44,8 @@ class Ia3Adapter(_Method):
 
     method: Literal["ia3"] = Field("ia3", description="IA3 (infused adapter by inhibiting and amplifying).")
     target_modules: list[str] | None = Field(
-        None, description="Modules rescaled; null: PEFT's choice for the architecture (Llama: k_proj, v_proj, down_proj)."
+        None,
+        description="Modules rescaled; null: PEFT's choice for the architecture (Llama: k_proj, v_proj, down_proj).",
     )
     feedforward_modules: list[str] | None = Field(
         None,

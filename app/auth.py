@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, Invalid, Unauthorized
 from app.models import ApiKey
 
 KEY_PREFIX = "ft_"
@@ -36,6 +36,8 @@ def listing_tenant(caller: Caller, tenant: str | None) -> str | None:
         return caller.tenant
     if not caller.is_admin:
         raise Forbidden("only an admin key may list another tenant's things; leave out `tenant`")
+    if tenant != "*" and not TENANT_NAME.fullmatch(tenant):
+        raise Invalid(f"tenant: {tenant!r} is not a tenant name (letters, digits, `.`, `_`, `-`), nor `*`")
     return None if tenant == "*" else tenant
 
 

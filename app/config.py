@@ -40,13 +40,21 @@ class Settings(BaseSettings):
     max_epochs: float = Field(100, gt=0, description="Most passes over the data one job may make.")
     max_seq_length: int = Field(8192, ge=8, description="Largest training.max_seq_length accepted.")
     max_lora_rank: int = Field(256, ge=1, description="Largest lora.r accepted.")
-    submit_rate_per_minute: int = Field(60, ge=0, description="Job submissions and validations per tenant a minute.")
-    upload_rate_per_minute: int = Field(30, ge=0, description="Dataset uploads per tenant a minute.")
+    submit_rate_per_minute: int = Field(120, ge=0, description="Job submissions and validations per tenant a minute.")
+    upload_rate_per_minute: int = Field(60, ge=0, description="Dataset uploads per tenant a minute.")
     tenant_limits: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description='Per-tenant overrides of the limits above (JSON), e.g. `{"research": {"max_running_jobs": 8}}`.',
     )
     training_queue: str = Field("training", description="Celery queue the API sends training tasks to.")
+    inference_queue: str | None = Field(
+        None,
+        description="Celery queue for requests answered on a worker (predict, generate, exports), served by "
+        "`celery -A worker.celery_app worker -Q <it> --pool solo`; unset: the training queue, behind training jobs.",
+    )
+    inference_timeout_s: float = Field(
+        120, gt=0, description="How long POST /jobs/{id}/predict waits for a worker's answer before a 504."
+    )
     visibility_timeout_s: int = Field(
         12 * 3600, description="Redis redelivers an unacked task after this long: longer than any job."
     )
@@ -68,6 +76,27 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="A partial job spec (JSON) under every /v1 fine-tuning job, e.g. "
         '`{"quantization": null, "lora": {"r": 8}}`; its training.learning_rate is what a multiplier of 1 means.',
+    )
+    # What the workers have, for estimates (app/gpu_classes.py, docs/estimates.md).
+    fleet_gpus: str = Field(
+        "", description="The workers' GPU classes, e.g. `A10,A100-80GB`, `RTX4090:24` (GiB), or `cpu`."
+    )
+    worker_gpu_memory_gb: float | None = Field(
+        None, ge=0, description="Every worker's GPU memory in GiB when FT_FLEET_GPUS is unset; 0: CPU-only workers."
+    )
+    # Retention (app/retention.py): a sweep in each API process removes what these say has expired.
+    retention_sweep_every_seconds: float = Field(3600, ge=0, description="How often the sweep runs; 0: never.")
+    retention_keep_last_checkpoints: int | None = Field(
+        None, ge=0, description="Keep only a job's newest N packed checkpoints (null: all)."
+    )
+    retention_delete_checkpoints_on_success: bool = Field(
+        False, description="Delete a succeeded job's checkpoints (its adapter stays)."
+    )
+    retention_dataset_days: float | None = Field(
+        None, gt=0, description="Delete datasets older than this that no queued or running job uses (null: never)."
+    )
+    retention_artifact_days: float | None = Field(
+        None, gt=0, description="Delete a finished job's artifacts this long after it ended; its record stays."
     )
 
     @field_validator("tenant_limits")

@@ -1,4 +1,5 @@
-"""`ftctl demo`: the service on embedded defaults, a real QLoRA job on a tiny local model, end to end."""
+"""`ftctl demo`: the service on embedded defaults, a real QLoRA job on a tiny local model, end to end; then a
+sentiment classifier on a real pretrained model (app/demo_sentiment.py)."""
 
 import io
 import json
@@ -74,7 +75,7 @@ def run_demo(steps: int = 30, keep_running: bool = False) -> int:
     env = {**os.environ, "FT_DATA_DIR": str(data_dir)}
     stack = LocalStack(env=env, log_dir=data_dir / "logs")
     print(f"▶ starting the service (data in {data_dir}, logs in {stack.log_dir})")
-    stack.start(api=False, worker=False)
+    stack.start(api=False, worker=False, inference=True)
     print(f"  redis {stack.env['FT_REDIS_URL']}; database {settings.sqlalchemy_url.split('://')[0]}; migrated")
     model_dir = settings.resolved_models_dir / "tiny-llama"
     if not (model_dir / "config.json").exists():
@@ -90,9 +91,14 @@ def run_demo(steps: int = 30, keep_running: bool = False) -> int:
         key = create_key(session, name="demo")
     stack.start_api()
     stack.start_worker()
-    print(f"  API {stack.base_url} (docs at {stack.base_url}/docs) and a Celery worker are up")
+    stack.start_inference_worker()
+    print(f"  API {stack.base_url} (docs at {stack.base_url}/docs), a training and an inference worker are up")
     try:
-        return _run_job(stack, key, model_dir, steps)
+        from app.demo_sentiment import run_sentiment_demo
+
+        return _run_job(stack, key, model_dir, steps) or run_sentiment_demo(
+            stack.base_url, key, settings.resolved_models_dir
+        )
     finally:
         if keep_running:
             print(f"\nleft running; key: {key}\n  curl -H 'Authorization: Bearer {key}' {stack.base_url}/jobs")
@@ -129,5 +135,5 @@ def _run_job(stack: LocalStack, key: str, model_dir: Path, steps: int) -> int:
     out = stack.log_dir.parent / "adapters" / job["id"]
     print(f"▶ downloaded adapter ({len(archive.content):,} bytes) to {out}")
     print(f"  {_verify_adapter(archive.content, out, model_dir)}")
-    print("✓ done")
+    print("✓ QLoRA job done")
     return 0

@@ -54,10 +54,13 @@ class TooManyRequests(DomainError):
     status_code = 429
 
 
+FORMAT_TYPES = ("text", "template", "prompt_completion", "chat", "classification")
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p != "body"]
     # Drop pydantic's discriminator tag after `format` (`format.template.template` -> `format.template`).
-    if len(parts) > 1 and parts[0] == "format" and parts[1] in ("text", "template", "prompt_completion", "chat"):
+    if len(parts) > 1 and parts[0] == "format" and parts[1] in FORMAT_TYPES:
         del parts[1]
     return ".".join(parts) or "body"
 

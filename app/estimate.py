@@ -2,18 +2,19 @@
 
 Memory is what the training step holds at its peak: the frozen weights at their quantization, the LoRA
 parameters with their gradients and optimizer states, the activations kept for the backward pass (all layers,
-or one layer's input each plus one layer recomputed with gradient checkpointing), the logits and loss, and
-the framework's overhead. Time is FLOPs per token over a measured throughput, plus a per-micro-batch cost.
-docs/estimates.md derives every constant and compares the figures with measured ones.
+or one layer's input each plus one layer recomputed with gradient checkpointing), the loss head's tiles and the
+gradients in flight, and the framework's overhead. docs/estimates.md derives every constant and compares the
+figures with measured ones; app/gpu_classes.py turns a job into time.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from app.gpu_classes import GIB, GpuClass
+from app.adapter_spec import LORA_FAMILY
 from app.spec import JobSpec
 
+GIB = 2**30
 NON_GATED = {"gpt2", "gpt_neox", "gptj", "falcon", "bloom", "opt", "phi", "gpt_bigcode", "codegen", "starcoder2"}
 UNTIED_BY_DEFAULT = {"llama", "mistral", "mixtral"}
 # Module names other architectures use, mapped onto the Llama names the estimate counts with.
@@ -33,7 +34,6 @@ MODULE_ALIASES = {
     "dense_4h_to_h": ("down_proj",),
 }
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}  # by double_quant: 4-bit + absmax per 64
-LOGIT_BYTES = 12  # per token and vocabulary entry: logits, their fp32 copy or TRL's shifted copy, log-softmax, grad
 CUDA_CONTEXT = int(0.5 * GIB)  # CUDA context and cuBLAS workspace: outside PyTorch's allocator
 FRAGMENTATION = 0.10  # the caching allocator reserves about this much more than it hands out
 BNB_MIN_8BIT = 4096  # bitsandbytes keeps optimizer state of smaller tensors in 32 bits
@@ -116,9 +116,14 @@ class ModelShape:
         return self.body_parameters + embeddings + self.hidden * (2 * self.layers + 1)
 
 
-def lora_targets(shape: ModelShape, target_modules: str | list[str]) -> tuple[set[str], list[str]]:
-    """The modules LoRA wraps (Llama names) and the requested names the estimate does not know."""
-    known = set(shape.linears())
+def lora_targets(shape: ModelShape, spec: JobSpec) -> tuple[set[str], list[str]]:
+    """The modules LoRA wraps (Llama names) and the requested names the estimate does not know.
+
+    Adapters outside the LoRA family (IA3, prompt learning) train a few vectors or virtual tokens: none counted.
+    """
+    known, target_modules = set(shape.linears()), spec.lora.target_modules
+    if spec.adapter.method not in LORA_FAMILY:
+        return set(), []
     if target_modules == "all-linear":
         return known, []
     targets, unknown = set(), []
@@ -140,37 +145,21 @@ def lora_tensors(shape: ModelShape, spec: JobSpec, targets: set[str]) -> list[tu
     return tensors
 
 
-def optimizer_bytes(optimizer: str, tensors: list[tuple[int, int]]) -> int:
-    """State the optimizer keeps per trainable tensor: two moments, 8- or 32-bit; factored for Adafactor."""
+def optimizer_bytes(optimizer: str, tensors: list[tuple[int, int]], param_bytes: int = 4) -> int:
+    """State the optimizer keeps per trainable tensor: two moments (8-bit, fp32, or torch's in the parameters'
+    dtype), factored for Adafactor, none for plain SGD."""
     total = 0
     for rows, cols in tensors:
         n = rows * cols
         if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
             total += 2 * n + 8 * math.ceil(n / 2048) if n >= BNB_MIN_8BIT else 8 * n
+        elif optimizer == "paged_adamw_32bit":
+            total += 8 * n
         elif optimizer == "adafactor":
             total += 4 * (rows + cols)
         elif optimizer != "sgd":
-            total += 8 * n
+            total += 2 * param_bytes * n
     return total
-
-
-def _layer_activation_bytes(shape: ModelShape, spec: JobSpec, targets: set[str], act: int) -> float:
-    """Bytes one decoder layer keeps per token for its backward pass (frozen weights keep no inputs)."""
-    h, q = shape.hidden, shape.heads * shape.head_dim
-    inner = shape.intermediate * shape.experts_per_token
-    total = 8 * h  # both RMSNorms keep their input in fp32
-    total += 4 * q * act  # attention keeps q, k and v (repeated to every head when padding needs a mask), output
-    total += (3 if shape.gated_mlp else 1) * inner * act  # activation function input, output, and up projection
-    inputs = {"q_proj": "x1", "k_proj": "x1", "v_proj": "x1", "o_proj": "attn", "gate_proj": "x2", "up_proj": "x2"}
-    sizes = {"x1": h, "attn": q, "x2": h, "mlp": inner}
-    used = [inputs.get(name, "mlp") for name in targets]
-    if spec.lora.dropout > 0:  # each adapter keeps its own dropped-out copy of its input and the mask
-        total += sum(sizes[t] * (act + 1) for t in used)
-    else:  # adapters share their input tensor
-        total += sum(sizes[t] * act for t in set(used))
-    if spec.quantization is not None and spec.quantization.bits == 8:
-        total += sum(sizes[t] * act for t in set(inputs.values()) | {"mlp"} if t not in used)  # int8 matmuls keep x
-    return total + len(targets) * spec.lora.r * act
 
 
 @dataclass
@@ -182,16 +171,16 @@ class Memory:
     gradients: int
     optimizer_states: int
     activations: int
-    logits: int
-    overhead: int
+    transient: int  # the LM head's tiles and the gradients in flight when the step peaks
+    overhead: int  # dequantization scratch; on a GPU also the CUDA context and allocator fragmentation
     paged: int = 0  # optimizer states in CUDA unified memory: they can spill to host memory
-    fixed: int = 0  # CUDA context and allocator fragmentation, not in torch.cuda.max_memory_allocated
-    notes: list[str] = field(default_factory=list)
+    fixed: int = 0  # CUDA context and fragmentation: not in torch.cuda.max_memory_allocated()
+    notes: tuple[str, ...] = ()
 
     @property
     def peak(self) -> int:
         parts = (self.weights, self.lora_parameters, self.gradients, self.optimizer_states, self.activations)
-        return sum(parts) + self.logits + self.overhead
+        return sum(parts) + self.transient + self.overhead
 
     @property
     def allocated(self) -> int:
@@ -200,87 +189,137 @@ class Memory:
 
     @property
     def training_growth(self) -> int:
-        """What a step adds to a loaded model: gradients, optimizer states, activations, logits, scratch."""
-        return self.gradients + self.optimizer_states + self.activations + self.logits + self.overhead - self.fixed
+        """What a step adds to a loaded model: gradients, optimizer states, activations, transients, scratch."""
+        return self.gradients + self.optimizer_states + self.activations + self.transient + self.overhead - self.fixed
 
 
-def memory(shape: ModelShape, spec: JobSpec, seq_len: int, on_gpu: bool = True) -> Memory:
-    """Peak memory of one micro-batch of `spec.training.batch_size` sequences of `seq_len` tokens.
+@dataclass(frozen=True)
+class Device:
+    """What differs between a GPU worker and a CPU worker for memory (both measured or read from the code paths)."""
 
-    On a GPU the model is bf16 (fp16 without bf16) and activations 16-bit; on the CPU everything is fp32.
-    """
-    t, quant = spec.training, spec.quantization
-    act = 2 if on_gpu else 4
-    other = shape.parameters - shape.body_parameters  # embeddings, lm_head and norms are never quantized
+    cuda: bool
+    act_bytes: int  # activations: bf16 under autocast on a GPU, fp32 on the CPU
+    dropout_mask_bytes: int  # CUDA's fused dropout keeps a bool mask; the CPU keeps a float one
+    head_tiles: int  # TRL's chunked LM head: its tile plus (on the CPU, torch ops) temporaries of tile size
+    fixed: int  # CUDA context and cuBLAS workspace
+
+
+GPU = Device(cuda=True, act_bytes=2, dropout_mask_bytes=1, head_tiles=2, fixed=CUDA_CONTEXT)
+CPU = Device(cuda=False, act_bytes=4, dropout_mask_bytes=4, head_tiles=10, fixed=0)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch as the model receives it (worker/training/speed.py decides padded or flattened)."""
+
+    tokens: int  # positions the model runs, padding included
+    mask_rows: int  # sequences an attention mask covers: the batch size when padded, 1 when flattened
+    mask_span: int  # positions per mask row: the padded length, or the whole flattened batch
+    masked: bool  # False: causal attention without a mask (flash-attention 2)
+
+
+def _layer_activation_bytes(shape: ModelShape, spec: JobSpec, targets: set[str], device: Device) -> float:
+    """Bytes one decoder layer keeps per token for its backward pass (frozen weights keep no inputs)."""
+    act, h, q = device.act_bytes, shape.hidden, shape.heads * shape.head_dim
+    inner = shape.intermediate * shape.experts_per_token
+    total = 8 * h  # both RMSNorms keep their input in fp32
+    total += 4 * q * act  # attention keeps q, k and v (repeated to every head when a mask is given), output
+    total += (3 if shape.gated_mlp else 1) * inner * act  # activation function input, output, and up projection
+    inputs = {"q_proj": "x1", "k_proj": "x1", "v_proj": "x1", "o_proj": "attn", "gate_proj": "x2", "up_proj": "x2"}
+    sizes = {"x1": h, "attn": q, "x2": h, "mlp": inner}
+    used = [inputs.get(name, "mlp") for name in targets]
+    if spec.lora.dropout > 0:  # each adapter keeps its own dropped-out copy of its input and the mask
+        total += sum(sizes[t] * (act + device.dropout_mask_bytes) for t in used)
+    else:  # adapters share their input tensor
+        total += sum(sizes[t] * act for t in set(used))
+    if spec.quantization is not None and spec.quantization.bits == 8:
+        total += sum(sizes[t] * act for t in {"x1", "attn", "x2", "mlp"} - set(used))  # int8 matmuls keep x
+    return total + len(targets) * spec.lora.r * act
+
+
+def _attention_bytes(shape: ModelShape, spec: JobSpec, batch: Batch, device: Device) -> int:
+    """Per layer: the attention mask sdpa turns into a float bias and keeps; eager also keeps the probabilities."""
+    elements = batch.mask_rows * batch.mask_span**2 if batch.masked else 0
+    if spec.training.attn_implementation == "eager":
+        elements += shape.heads * batch.mask_rows * batch.mask_span**2
+    return elements * device.act_bytes
+
+
+def _weight_bytes(shape: ModelShape, spec: JobSpec, device: Device) -> int:
+    quant, params = spec.quantization, shape.parameters
+    if spec.task == "classification" and not shape.tied_embeddings:
+        params -= shape.vocab * shape.hidden  # the LM head gives way to a small score head
+    other = params - shape.body_parameters  # embeddings, lm_head and norms are never quantized
     if quant is None:
-        weights = shape.parameters * act
-    elif quant.bits == 4:
-        weights = int(shape.body_parameters * NF4_BYTES[quant.double_quant]) + other * act
-    else:
-        weights = shape.body_parameters + 4 * shape.layers * shape.hidden * 7 + other * act  # int8 + row scales
-    targets, unknown = lora_targets(shape, spec.lora.target_modules)
+        return params * device.act_bytes
+    if quant.bits == 4:
+        return int(shape.body_parameters * NF4_BYTES[quant.double_quant]) + other * device.act_bytes
+    rows = shape.layers * sum(n_out * copies for _in, n_out, copies in shape.linears().values())
+    return shape.body_parameters + 4 * rows + other * device.act_bytes  # int8 weights and an fp32 scale per row
+
+
+def memory(shape: ModelShape, spec: JobSpec, batch: Batch, device: Device = GPU) -> Memory:
+    """Peak memory of one training step on one micro-batch."""
+    t, act, n = spec.training, device.act_bytes, batch.tokens
+    targets, unknown = lora_targets(shape, spec)
     tensors = lora_tensors(shape, spec, targets)
     trainable = sum(r * c for r, c in tensors)
-    states = optimizer_bytes(t.optimizer, tensors)
-    tokens = t.batch_size * seq_len
-    layer = _layer_activation_bytes(shape, spec, targets, act)
-    transient = 4 * shape.hidden * act  # gradients of the residual stream in flight
-    if t.gradient_checkpointing:  # each layer's input kept; one layer recomputed at a time
-        kept = shape.layers * shape.hidden * act + layer + transient
+    # TRL casts a quantized model's adapter to bf16; on a CPU without bf16 units the recipe keeps it fp32.
+    lora_bytes = 2 if device.cuda and spec.quantization is not None else 4
+    states = optimizer_bytes(t.optimizer, tensors, lora_bytes)
+    layer = n * _layer_activation_bytes(shape, spec, targets, device) + _attention_bytes(shape, spec, batch, device)
+    # The LM head never builds the logits: TRL scores them in tiles of 4096 tokens x 32768 vocabulary entries,
+    # keeping its input and an fp32 gradient for it; its backward runs first, with every activation still held.
+    head = min(n, 4096) * min(shape.vocab, 32768) * act * device.head_tiles + n * shape.hidden * (4 + act)
+    if spec.task == "classification":  # a small score head on the last token instead
+        head = n * shape.hidden * (4 + act)
+    backward = n * (4 * shape.intermediate * shape.experts_per_token + 8 * shape.hidden) * act  # gradients in flight
+    if t.gradient_checkpointing:  # each layer keeps its input; one layer at a time is recomputed
+        kept = n * shape.layers * shape.hidden * act
+        activations, peak_extra = kept + layer, max(head - layer, backward)
     else:
-        kept = shape.layers * layer + transient
-    activations = int(tokens * kept) + t.batch_size * seq_len * seq_len  # + the boolean attention mask
-    logits = tokens * shape.vocab * LOGIT_BYTES
+        activations, peak_extra = shape.layers * layer, max(head, backward)
     largest = max(n_in * n_out for n_in, n_out, _ in shape.linears().values())
-    scratch = largest * (2 + act) if quant is not None else 0  # a dequantized weight and its cast
-    fixed = CUDA_CONTEXT + int(FRAGMENTATION * (activations + logits)) if on_gpu else 0
-    notes = [f"lora.target_modules {', '.join(unknown)} are not known to the estimate and not counted"] if unknown else []
+    scratch = largest * (2 + act) if spec.quantization is not None else 0  # a dequantized weight and its cast
+    fixed = device.fixed + int(FRAGMENTATION * (activations + peak_extra)) if device.fixed else 0
+    notes = tuple(f"lora.target_modules {name!r} is not known to the estimate and not counted" for name in unknown)
     return Memory(
-        weights=weights,
-        lora_parameters=4 * trainable,
-        gradients=4 * trainable,
+        weights=_weight_bytes(shape, spec, device),
+        lora_parameters=lora_bytes * trainable,
+        gradients=lora_bytes * trainable,
         optimizer_states=states,
-        activations=activations,
-        logits=logits,
+        activations=int(activations),
+        transient=int(peak_extra),
         overhead=scratch + fixed,
-        paged=states if t.optimizer.startswith("paged_") and on_gpu else 0,
+        paged=states if t.optimizer.startswith("paged_") and device.cuda else 0,
         fixed=fixed,
         notes=notes,
     )
 
 
 def trainable_parameters(shape: ModelShape, spec: JobSpec) -> int:
-    targets, _ = lora_targets(shape, spec.lora.target_modules)
+    targets, _ = lora_targets(shape, spec)
     return sum(r * c for r, c in lora_tensors(shape, spec, targets))
 
 
-def flops_per_token(shape: ModelShape, seq_len: int, gradient_checkpointing: bool) -> float:
-    """Forward, backward to the inputs only (frozen weights need no weight gradient) and the recomputation."""
-    body = 2 * shape.layers * shape.layer_linear_parameters(active=True)
-    head = 2 * shape.vocab * shape.hidden
-    attention = 2 * seq_len * shape.heads * shape.head_dim * shape.layers  # causal: half of QK^T and AV
-    forward = body + head + attention
-    backward = body + head + 2 * attention
-    return forward + backward + ((body + attention) if gradient_checkpointing else 0)
+def batch_shape(spec: JobSpec, cuda: bool, tokens_each: float, longest: int) -> Batch:
+    """A micro-batch as worker/training/speed.py shapes it: flattened (padding-free or packed) into one row whose
+    mask spans it all, unless flash-attention 2 runs each sequence alone; or padded to its longest example."""
+    t = spec.training
+    flash = cuda and t.attn_implementation == "flash_attention_2"
+    if t.packing:
+        tokens_each = longest = t.max_seq_length
+    tokens = max(1, round(t.batch_size * tokens_each))
+    flattened = t.packing or (t.padding_free and (not cuda or flash))
+    if flattened and not flash:
+        return Batch(tokens=tokens, mask_rows=1, mask_span=tokens, masked=True)
+    if flattened:
+        return Batch(tokens=tokens, mask_rows=t.batch_size, mask_span=longest, masked=False)
+    return Batch(tokens=t.batch_size * longest, mask_rows=t.batch_size, mask_span=longest, masked=not flash)
 
 
-# Throughput of the reference GPU (A100-SXM4-80G), fitted to Qwen-7B's published LoRA / Q-LoRA profile
-# (docs/estimates.md): matmul FLOP/s, and seconds per micro-batch per billion quantized-or-not body weights.
-REFERENCE_FLOPS = 156e12
-MICRO_BATCH_SECONDS_PER_BILLION = {None: 0.012, 8: 0.05, 4: 0.025}
-INT8_SLOWDOWN = 0.5  # LLM.int8 matmuls: no measured figure here; about half the 16-bit speed is commonly seen
-# This machine's CPU (2 cores), measured with tests/test_memory_estimate.py: FLOP/s and seconds per micro-batch.
-CPU_FLOPS = 8e9
-CPU_MICRO_BATCH_SECONDS = 0.05
-
-
-def seconds_per_micro_batch(shape: ModelShape, spec: JobSpec, tokens: int, seq_len: int, gpu: GpuClass) -> float:
-    """Matmul time of `tokens` padded tokens plus the per-micro-batch cost (dequantization, launches)."""
-    work = tokens * flops_per_token(shape, seq_len, spec.training.gradient_checkpointing)
-    if gpu.is_cpu:
-        return work / CPU_FLOPS + CPU_MICRO_BATCH_SECONDS
-    bits = spec.quantization.bits if spec.quantization is not None else None
-    rate = REFERENCE_FLOPS * gpu.compute * (INT8_SLOWDOWN if bits == 8 else 1.0)
-    passes = 3 if spec.training.gradient_checkpointing else 2
-    fixed = MICRO_BATCH_SECONDS_PER_BILLION[bits] * shape.body_parameters / 1e9 * passes / 3 / gpu.bandwidth
-    return work / rate + fixed
+def peak_batch(spec: JobSpec, cuda: bool, longest: int, p95: int) -> Batch:
+    """The largest micro-batch: the longest example with others from the long tail (p95), cut at max_seq_length."""
+    t = spec.training
+    longest, p95 = min(longest, t.max_seq_length), min(p95, t.max_seq_length)
+    return batch_shape(spec, cuda, ((t.batch_size - 1) * p95 + longest) / t.batch_size, longest)

@@ -8,8 +8,8 @@ docs/estimates.md): `compute` scales the matmul throughput, `bandwidth` the per-
 from dataclasses import dataclass
 
 from app.config import settings
-
-GIB = 2**30
+from app.estimate import GIB, Batch, ModelShape
+from app.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ KNOWN: tuple[GpuClass, ...] = (
     GpuClass("H200", 140.4, 2.5, 2.35),
 )
 CPU = GpuClass("cpu", None, 0.0, 0.0)
-ALIASES = {"a100": "A100-80GB", "a100-40": "A100-40GB", "a100-80": "A100-80GB", "h100-80gb": "H100", "h200-141gb": "H200"}
+ALIASES = {"a100": "A100-80GB", "a100-40": "A100-40GB", "a100-80": "A100-80GB", "h100-80gb": "H100"}
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,39 @@ def fleet() -> Fleet:
         gpu = nearest_by_memory(settings.worker_gpu_memory_gb, f"worker GPU ({settings.worker_gpu_memory_gb:g} GiB)")
         return Fleet((gpu,), "FT_WORKER_GPU_MEMORY_GB")
     return Fleet(KNOWN, "not configured (set FT_FLEET_GPUS or FT_WORKER_GPU_MEMORY_GB): every known GPU class")
+
+
+def flops_per_token(shape: ModelShape, span: int, gradient_checkpointing: bool) -> float:
+    """Forward, backward to the inputs only (frozen weights need no weight gradient) and the recomputation.
+
+    `span`: the positions each query is scored against (a flattened batch under a dense mask: all of it).
+    """
+    body = 2 * shape.layers * shape.layer_linear_parameters(active=True)
+    head = 2 * shape.vocab * shape.hidden
+    attention = 2 * span * shape.heads * shape.head_dim * shape.layers  # causal: half of QK^T and AV
+    forward = body + head + attention
+    backward = body + head + 2 * attention
+    return forward + backward + ((body + attention) if gradient_checkpointing else 0)
+
+
+# Throughput of the reference GPU (A100-SXM4-80G), fitted to Qwen-7B's published LoRA / Q-LoRA profile
+# (docs/estimates.md): matmul FLOP/s, and seconds per micro-batch per billion quantized-or-not body weights.
+REFERENCE_FLOPS = 156e12
+MICRO_BATCH_SECONDS_PER_BILLION = {None: 0.012, 8: 0.05, 4: 0.035}
+MICRO_BATCH_FLOOR_SECONDS = 0.02  # Python, hooks and kernel launches: what even a tiny model's step costs
+INT8_SLOWDOWN = 0.5  # LLM.int8 matmuls: no measured figure here; about half the 16-bit speed is commonly seen
+# This machine's CPU (2 cores), measured with tests/test_memory_estimate.py: FLOP/s and seconds per micro-batch.
+CPU_FLOPS = 8e9
+CPU_MICRO_BATCH_SECONDS = 0.05
+
+
+def seconds_per_micro_batch(shape: ModelShape, spec: JobSpec, batch: Batch, gpu: GpuClass) -> float:
+    """Matmul time of the batch's tokens (padding included) plus the per-micro-batch cost (dequantization, launches)."""
+    work = batch.tokens * flops_per_token(shape, batch.mask_span, spec.training.gradient_checkpointing)
+    if gpu.is_cpu:
+        return work / CPU_FLOPS + CPU_MICRO_BATCH_SECONDS
+    bits = spec.quantization.bits if spec.quantization is not None else None
+    rate = REFERENCE_FLOPS * gpu.compute * (INT8_SLOWDOWN if bits == 8 else 1.0)
+    passes = 3 if spec.training.gradient_checkpointing else 2
+    fixed = MICRO_BATCH_SECONDS_PER_BILLION[bits] * shape.body_parameters / 1e9 * passes / 3 / gpu.bandwidth
+    return work / rate + max(fixed, MICRO_BATCH_FLOOR_SECONDS)

@@ -86,14 +86,19 @@ class LocalStack:
             stdout=subprocess.DEVNULL,
         )
 
-    def start(self, api: bool = True, worker: bool = True) -> "LocalStack":
+    def start(self, api: bool = True, worker: bool = True, inference: bool = False) -> "LocalStack":
+        """`inference`: requests answered on a worker (predict, generate, exports) get their own queue and worker."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if inference:
+            self.env.setdefault("FT_INFERENCE_QUEUE", "inference")  # before the API starts: it routes by it
         self.ensure_redis()
         self.migrate()
         if api:
             self.start_api()
         if worker:
             self.start_worker()
+        if inference and worker:
+            self.start_inference_worker()
         return self
 
     def start_api(self) -> None:
@@ -135,6 +140,12 @@ class LocalStack:
             ],
             extra_env,
         )
+
+    def start_inference_worker(self, name: str = "inference") -> subprocess.Popen:
+        """A worker on FT_INFERENCE_QUEUE; `--pool solo` keeps loaded models in its own process between requests."""
+        queue = self.env.setdefault("FT_INFERENCE_QUEUE", "inference")
+        argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO"]
+        return self._spawn(name, [*argv, "-Q", queue, "--pool", "solo", "--hostname", f"{name}-{self.api_port}@%h"])
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

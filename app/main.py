@@ -5,12 +5,26 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, datasets, events, health, jobs, metrics, openai_compat, validate
+from app.api import (
+    admin,
+    datasets,
+    events,
+    exports,
+    generate,
+    health,
+    jobs,
+    metrics,
+    openai_compat,
+    predict,
+    usage,
+    validate,
+)
 from app.config import settings
 from app.db import SessionLocal
 from app.errors import install_error_handlers
 from app.observability import install_observability
 from app.reconciler import Reconciler
+from app.retention import RetentionSweeper
 from app.security import install_security
 from app.web import mount_dashboard
 from app.webhooks import WebhookDeliverer
@@ -24,7 +38,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reconciler.start()
     webhooks = WebhookDeliverer()  # sends what finished jobs queued for their webhook_url
     webhooks.start()
+    sweeper = None
+    if settings.retention_sweep_every_seconds > 0:  # FT_RETENTION_*: expired checkpoints, artifacts, datasets
+        sweeper = RetentionSweeper(app.state.sessionmaker, settings.retention_sweep_every_seconds)
+        sweeper.start()
     yield
+    if sweeper is not None:
+        sweeper.stop()
     webhooks.stop()
     if reconciler is not None:
         reconciler.stop()
@@ -43,9 +63,13 @@ def create_app() -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(validate.router)  # before jobs: /jobs/validate is not a job id
     app.include_router(jobs.router)
+    app.include_router(generate.router)
+    app.include_router(predict.router)
+    app.include_router(exports.router)
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(openai_compat.router)
+    app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(admin.limits_router)
     install_observability(app)  # GET /metrics and request latency

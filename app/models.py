@@ -93,6 +93,14 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # What the job ran with (data and format hashes, library versions, device, seed): app/lineage.py.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Base model vs adapter on the eval data (loss, perplexity, label accuracy): worker/evaluation.py.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Memory, time and GPU-hours estimated at submission, and what auto_fit_batch changed: app/api/estimate_service.py.
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When DELETE /jobs/{id}?keep_metrics=true or retention removed the job's files (its record and metrics stay).
+    artifacts_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class MetricPoint(Base):
@@ -128,3 +136,17 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Export(Base):
+    """An asynchronous export of a job's adapter (kind "merged": adapter merged into the base model)."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("exp"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, succeeded, failed
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

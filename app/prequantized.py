@@ -15,6 +15,10 @@ from app.errors import Invalid
 from app.spec import JobSpec
 
 PREQUANTIZED = ("gptq", "awq")
+WHY_NOT_PREQUANTIZED = {
+    "dora": "PEFT 0.21's GPTQ and AWQ LoRA layers refuse DoRA",
+    "ia3": "PEFT 0.21 has no IA3 layer for GPTQ or AWQ kernels",
+}
 
 
 def quant_method(config: dict[str, Any]) -> str | None:
@@ -61,11 +65,11 @@ def check_prequantized_base(spec: JobSpec) -> None:
             "with LoRA on top, and is not quantized again: set quantization to null",
         )
     if spec.adapter.method not in PREQUANTIZED_METHODS:
+        why = WHY_NOT_PREQUANTIZED.get(spec.adapter.method, "it was never run on a GPTQ/AWQ base here")
         _refuse(
             "adapter.method",
-            f"{spec.base_model!r} is {kind}-quantized, and on such a base only "
-            f"{' or '.join(PREQUANTIZED_METHODS)} can train (PEFT has no {spec.adapter.method} layer for "
-            f"{kind} kernels, or it was never run on one here); pick one of those, or an unquantized base",
+            f"{spec.base_model!r} is {kind}-quantized and `{spec.adapter.method}` cannot train on it ({why}); "
+            f"use {' or '.join(f'`{m}`' for m in PREQUANTIZED_METHODS)}, or an unquantized base",
         )
     spec.quantization = None
 

@@ -1,11 +1,19 @@
 """Response shapes, named by role (DatasetPublic, JobPublic, ...), built from ORM rows."""
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from app.models import Dataset, Job
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# SQLite hands back naive datetimes (every one stored here is UTC): shown with their offset, as RFC 3339 says.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class DatasetPublic(BaseModel):
@@ -18,7 +26,7 @@ class DatasetPublic(BaseModel):
     columns: list[str]
     size_bytes: int
     sha256: str
-    created_at: datetime
+    created_at: UtcDatetime
 
     @classmethod
     def of(cls, row: Dataset) -> "DatasetPublic":
@@ -54,9 +62,9 @@ class JobPublic(BaseModel):
     name: str | None
     status: str
     spec: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     progress: Progress
     latest: Latest
     trainable_parameters: int | None
@@ -64,6 +72,10 @@ class JobPublic(BaseModel):
     attempts: int
     worker: str | None = None
     error: JobError | None
+    lineage: dict[str, Any] | None = None  # what the job ran with: app/lineage.py
+    evaluation: dict[str, Any] | None = None  # base vs adapter (training.evaluate_base)
+    estimate: dict[str, Any] | None = None  # memory, time, GPU-hours at submission: app/api/estimate_service.py
+    artifacts_deleted_at: UtcDatetime | None = None  # files removed by DELETE ?keep_metrics=true or retention
 
     @classmethod
     def of(cls, job: Job) -> "JobPublic":
@@ -76,14 +88,25 @@ class JobPublic(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch, eta_seconds=job.eta_seconds),
+            progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch, eta_seconds=_eta(job)),
             latest=Latest(loss=job.latest_loss, eval_loss=job.latest_eval_loss, learning_rate=job.latest_learning_rate),
             trainable_parameters=job.trainable_parameters,
             total_parameters=job.total_parameters,
             attempts=job.attempts,
             worker=job.worker,
             error=JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None,
+            lineage=job.lineage,
+            evaluation=job.evaluation,
+            estimate=job.estimate,
+            artifacts_deleted_at=job.artifacts_deleted_at,
         )
+
+
+def _eta(job: Job) -> float | None:
+    """The worker's ETA, measured from the job's own steps; before its first step, the estimate's duration."""
+    if job.eta_seconds is not None or job.status != "running" or job.step or not job.estimate:
+        return job.eta_seconds
+    return job.estimate.get("duration_seconds")
 
 
 class JobsPublic(BaseModel):
@@ -97,7 +120,7 @@ class ArtifactPublic(BaseModel):
     size_bytes: int
     sha256: str
     step: int | None
-    created_at: datetime
+    created_at: UtcDatetime
     download_url: str
 
 

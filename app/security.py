@@ -5,6 +5,7 @@ multipart uploads the largest FT_MAX_UPLOAD_BYTES any tenant has (each tenant's 
 its key is known). The schema declares the errors each operation can answer and the bearer-key scheme.
 """
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -150,7 +151,8 @@ def _document_errors(schema: dict[str, Any]) -> None:
             declared = {int(code) for code in responses if code.isdigit() and int(code) >= 400}
             for status in sorted(error_statuses(path, method, operation) | declared):
                 shown = OPENAI_STATUS.get(status, status) if openai else status
-                entry = responses.setdefault(str(shown), {"description": ERROR_DESCRIPTIONS[shown]})
+                description = ERROR_DESCRIPTIONS.get(shown) or HTTPStatus(shown).phrase
+                entry = responses.setdefault(str(shown), {"description": description})
                 entry.setdefault("content", {"application/json": {"schema": body}})
             if path not in PUBLIC_PATHS:
                 operation["security"] = [{"bearerAuth": []}]

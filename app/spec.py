@@ -2,7 +2,7 @@
 
 import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -100,7 +100,47 @@ class ChatFormat(StrictModel):
         return [self.field]
 
 
-Format = Annotated[TextFormat | TemplateFormat | PromptCompletionFormat | ChatFormat, Field(discriminator="type")]
+class ClassificationFormat(StrictModel):
+    """Text in, one label out (`task: classification`): see docs/classification.md."""
+
+    type: Literal["classification"] = "classification"
+    text: str = Field("text", description="The text to classify: a column name, or a `{column}` template.")
+    label: str = Field("label", description="The column holding each row's label.")
+    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=1000,
+        description="The label names, in the order of the head's outputs; integer labels in the data index this "
+        "list. Default: the distinct labels of the training data, sorted.",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must be a column name or a `{column}` template")
+        template_fields(value)
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("labels must be distinct")
+        return value
+
+    def text_template(self) -> str:
+        """`text` as a template: a bare column name `review` is `{review}`."""
+        return self.text if template_fields(self.text) else "{" + self.text + "}"
+
+    def columns(self) -> list[str]:
+        return [*template_fields(self.text_template()), self.label]
+
+
+Format = Annotated[
+    TextFormat | TemplateFormat | PromptCompletionFormat | ChatFormat | ClassificationFormat,
+    Field(discriminator="type"),
+]
 
 
 class Quantization(StrictModel):
@@ -152,6 +192,11 @@ class Training(StrictModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(4, ge=1, le=4096, description="Examples per micro-batch per device.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    auto_fit_batch: bool = Field(
+        True,
+        description="When the estimate says the job fits no GPU of the fleet, halve batch_size and raise "
+        "gradient_accumulation_steps (same effective batch) until it fits, instead of refusing the job.",
+    )
     max_seq_length: int = Field(512, ge=8, le=131072, description="Tokens per example; longer ones are cut.")
     truncation_side: Literal["right", "left"] = Field("right", description="Which end long examples lose.")
     optimizer: Optimizer = Field("paged_adamw_8bit", description="Optimizer (8-bit paged by default).")
@@ -186,8 +231,18 @@ class Training(StrictModel):
     load_best: bool = Field(
         False, description="Keep the adapter from the evaluation with the lowest eval loss, not the last step's."
     )
+    metric_for_best: Literal["eval_loss", "accuracy", "f1"] = Field(
+        "eval_loss",
+        description="What load_best compares: eval_loss (lowest wins), or for classification jobs accuracy or "
+        "macro f1 (highest wins).",
+    )
     checkpoint_every_steps: int | None = Field(
         100, ge=1, description="Save a resumable checkpoint every N steps (null: only on a graceful stop)."
+    )
+    evaluate_base: bool = Field(
+        False,
+        description="After training, compare the base model with the adapter on the eval data: eval loss, "
+        "perplexity and, for label tasks (text -> one of a few labels), exact-match accuracy; see docs/try-it.md.",
     )
 
 
@@ -200,6 +255,11 @@ class JobSpec(StrictModel):
     """What to fine-tune, on which data, and how."""
 
     name: str | None = Field(None, max_length=200, description="A label for people.")
+    task: Literal["causal_lm", "classification"] = Field(
+        "causal_lm",
+        description="`causal_lm`: learn to generate the text. `classification`: a head that picks one of the "
+        "labels for each text (format type `classification`); see docs/classification.md.",
+    )
     base_model: str = Field(
         description="A Hugging Face Hub id (`TinyLlama/TinyLlama-1.1B-Chat-v1.0`) or a directory in FT_MODELS_DIR."
     )
@@ -257,6 +317,28 @@ class JobSpec(StrictModel):
             raise ValueError("training.eval_every_steps needs training.eval_fraction > 0 or a validation_dataset")
         if self.training.load_best and not (self.training.eval_fraction or self.validation_dataset):
             raise ValueError("training.load_best needs training.eval_fraction > 0 or a validation_dataset")
+        if self.training.evaluate_base and not (self.training.eval_fraction or self.validation_dataset):
+            raise ValueError("training.evaluate_base needs training.eval_fraction > 0 or a validation_dataset")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_from_format(cls, data: Any) -> Any:
+        """A classification format with no `task` given means a classification job."""
+        fmt = data.get("format") if isinstance(data, dict) else None
+        if isinstance(fmt, dict) and fmt.get("type") == "classification" and "task" not in data:
+            return {**data, "task": "classification"}
+        return data
+
+    @model_validator(mode="after")
+    def _task_fits_format(self) -> "JobSpec":
+        classifying = self.format.type == "classification"
+        if (self.task == "classification") != classifying:
+            raise ValueError('task "classification" goes with format {"type": "classification", ...}, and only it')
+        if self.training.metric_for_best != "eval_loss" and not classifying:
+            raise ValueError(f"training.metric_for_best {self.training.metric_for_best!r} needs task classification")
+        if classifying and self.training.packing:
+            raise ValueError("training.packing does not apply to classification (one label per text)")
         return self
 
     @model_validator(mode="after")

@@ -122,7 +122,9 @@ def main() -> None:
     model.config.use_cache = False
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    cpu_started = time.process_time()
     output = trainer.train()
+    train_cpu_seconds = time.process_time() - cpu_started
     trainer_eval = trainer.evaluate()["eval_loss"]
     model.save_pretrained(args.out / "adapter")
     to_adapter = time.monotonic() - started
@@ -131,6 +133,7 @@ def main() -> None:
         "side": "recipe",
         "tokens": trainer.state.num_input_tokens_seen,
         "train_seconds": output.metrics["train_runtime"],
+        "train_cpu_seconds": train_cpu_seconds,
         "seconds_to_adapter": to_adapter,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes(),
         "memory_kind": "cuda_peak_allocated" if cuda else "peak_rss",

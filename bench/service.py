@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 
 from app.localstack import LocalStack
-from bench.workload import Workload
+from bench.workload import Workload, job_spec
 
-BENCH_MODEL = "bench-llama"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -64,7 +63,9 @@ class Service:
         self.stack.stop()
 
     def upload(self, path: Path) -> str:
-        response = self.client.post("/datasets", files={"file": (path.name, path.read_bytes())}, data={"name": path.stem})
+        response = self.client.post(
+            "/datasets", files={"file": (path.name, path.read_bytes())}, data={"name": path.stem}
+        )
         response.raise_for_status()
         return response.json()["id"]
 
@@ -99,31 +100,6 @@ class Service:
         return [p["loss"] for p in points if p["loss"] is not None]
 
 
-def job_spec(w: Workload, dataset: str, validation: str, **training: Any) -> dict[str, Any]:
-    """The same model, data, 4-bit NF4, LoRA and loop as the recipe; every speed knob at the service default."""
-    return {
-        "name": "bench",
-        "base_model": BENCH_MODEL,
-        "dataset": dataset,
-        "validation_dataset": validation,
-        "format": {"type": "text", "field": "text"},
-        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True},
-        "lora": {"r": w.lora_r, "alpha": w.lora_alpha, "dropout": w.lora_dropout, "target_modules": "all-linear"},
-        "training": {
-            "max_steps": w.max_steps,
-            "batch_size": w.batch_size,
-            "gradient_accumulation_steps": w.gradient_accumulation_steps,
-            "learning_rate": w.learning_rate,
-            "warmup_steps": w.warmup_steps,
-            "max_seq_length": w.max_seq_length,
-            "optimizer": "paged_adamw_8bit",
-            "seed": w.seed,
-            "logging_steps": 1,
-            **training,
-        },
-    }
-
-
 def run_ours(service: Service, w: Workload, train: Path, evals: Path, out_dir: Path) -> dict[str, Any]:
     """Submit the job, wait for the adapter, and read the worker's own figures from the adapter's metrics.json."""
     spec = job_spec(w, service.upload(train), service.upload(evals))
@@ -139,6 +115,7 @@ def run_ours(service: Service, w: Workload, train: Path, evals: Path, out_dir: P
         "job_id": job_id,
         "tokens": metrics["train_tokens"],
         "train_seconds": metrics["train_seconds"],
+        "train_cpu_seconds": metrics.get("train_cpu_seconds"),
         "seconds_to_adapter": seconds_to_adapter,
         "peak_memory_bytes": metrics["peak_memory_bytes"],
         "train_losses": service.train_losses(job_id),

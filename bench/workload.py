@@ -9,6 +9,7 @@ from typing import Any
 
 from worker.training.tiny import _CORPUS
 
+BENCH_MODEL = "bench-llama"  # its directory name in FT_MODELS_DIR
 # A bigger tiny-llama for the CPU bench (a few million parameters, GQA like TinyLlama), every dimension a
 # multiple of 64 for the 4-bit kernels; the vocabulary is padded so the logits cost what a real model's do.
 CPU_MODEL = {
@@ -63,6 +64,31 @@ class Workload:
     @property
     def model_config(self) -> dict[str, Any]:
         return TINYLLAMA_MODEL if self.model == "tinyllama" else CPU_MODEL
+
+
+def job_spec(w: Workload, dataset: str, validation: str, **training: Any) -> dict[str, Any]:
+    """The same model, data, 4-bit NF4, LoRA and loop as the recipe; every speed knob at the service default."""
+    return {
+        "name": "bench",
+        "base_model": BENCH_MODEL,
+        "dataset": dataset,
+        "validation_dataset": validation,
+        "format": {"type": "text", "field": "text"},
+        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True},
+        "lora": {"r": w.lora_r, "alpha": w.lora_alpha, "dropout": w.lora_dropout, "target_modules": "all-linear"},
+        "training": {
+            "max_steps": w.max_steps,
+            "batch_size": w.batch_size,
+            "gradient_accumulation_steps": w.gradient_accumulation_steps,
+            "learning_rate": w.learning_rate,
+            "warmup_steps": w.warmup_steps,
+            "max_seq_length": w.max_seq_length,
+            "optimizer": "paged_adamw_8bit",
+            "seed": w.seed,
+            "logging_steps": 1,
+            **training,
+        },
+    }
 
 
 def make_model(workload: Workload, out_dir: Path) -> Path:
@@ -151,3 +177,22 @@ def eval_loss(model_dir: Path, adapter_dir: Path, eval_path: Path, max_seq_lengt
             total += float(model(input_ids=ids, labels=ids).loss) * n
             count += n
     return total / count
+
+
+def flops_per_token(model_dir: Path, train: Path, max_seq_length: int) -> float:
+    """Model FLOPs per trained token for LoRA on a frozen base (recomputation by checkpointing not counted).
+
+    Forward: 2 per weight of every linear layer (lm_head too) plus causal attention, 2·q·s per layer for a
+    token in a sequence of s (q = heads × head_dim). Backward: activation gradients only, as the base is
+    frozen: 2 per weight, twice the attention. Per token: 4·N + 6·q·layers·E[s²]/E[s].
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    c = AutoConfig.from_pretrained(model_dir)
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    h, layers = c.hidden_size, c.num_hidden_layers
+    linear = layers * (2 * h * q + 2 * h * kv + 3 * h * c.intermediate_size) + h * c.vocab_size
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = [min(len(tokenizer(t).input_ids), max_seq_length) for t in read_texts(train)]
+    s_eff = sum(s * s for s in lengths) / sum(lengths)
+    return 4 * linear + 6 * q * layers * s_eff

@@ -11,11 +11,12 @@ from app import limits, storage
 from app.db import session_scope
 from app.queue import enqueue_training
 from app.spec import JobSpec
-from worker import record
+from worker import model_card, record
 from worker.artifacts import pack_directory
 from worker.drain import clear_draining, mark_draining
 from worker.oom import is_out_of_memory, smaller_micro_batch
 from worker.report import JobReporter
+from worker.training import model as modelling
 from worker.training import recipe
 from worker.training.checkpoints import latest_complete_checkpoint
 from worker.training.errors import Cancelled, Drained, TrainingError
@@ -76,6 +77,7 @@ def _attempt(job_id: str, worker: str) -> str:
     resume = latest_complete_checkpoint(out_dir / "trainer")
     with session_scope() as session:
         record.drop_points_after(session, job_id, resume[0] if resume else 0)
+        record.set_lineage(session, job_id, spec, modelling.device_type())
     reporter = JobReporter(job_id, worker)
     reporter.status("running", attempt=job.attempts, resumed_from_step=resume[0] if resume else None)
     log.info(
@@ -94,6 +96,8 @@ def _attempt(job_id: str, worker: str) -> str:
             validation_path=_dataset_path(spec.validation_dataset),
             resume_from=resume[1] if resume else None,
         )
+        reporter.close()  # every point is in SQL before the model card plots them
+        model_card.document_adapter(job_id, spec, result)
         size, sha = pack_directory(out_dir / "adapter", out_dir / "adapter.tar.gz")
     except Drained as stop:
         reporter.close()
@@ -103,7 +107,7 @@ def _attempt(job_id: str, worker: str) -> str:
         if is_out_of_memory(exc):
             return _handle_out_of_memory(job_id, spec, reporter)
         if isinstance(exc, Cancelled):
-            if reporter.lease_lost:
+            if reporter.lease_lost and _job_exists(job_id):
                 return "lease lost"  # another worker owns the job now; this copy records nothing
             return _finish(job_id, reporter, "cancelled")
         log.exception("job %s failed", job_id)
@@ -150,13 +154,24 @@ def _handle_out_of_memory(job_id: str, spec: JobSpec, reporter: JobReporter) -> 
     return _requeue(job_id, reporter, "out of memory; smaller micro-batch")
 
 
+def _job_exists(job_id: str) -> bool:
+    with session_scope() as session:
+        return record.job_status(session, job_id) is not None
+
+
 def _finish(job_id: str, reporter: JobReporter, status: str, error: tuple[str, str] | None = None) -> str:
     with session_scope() as session:
         if status == "failed" and record.job_status(session, job_id) == "cancelling":
             status, error = "cancelled", None
         record.finish_job(session, job_id, status, error)
+        discard = record.discard_deleted_outputs(session, job_id)
     # Resumable state (optimizer, RNG) is only useful until the job ends; packed checkpoints stay.
     shutil.rmtree(storage.job_dir(job_id) / "trainer", ignore_errors=True)
+    if discard:  # deleted while it ran (DELETE /jobs/{id}): what this attempt wrote since goes too
+        shutil.rmtree(storage.job_dir(job_id), ignore_errors=True)
+        if not _job_exists(job_id):
+            log.info("job %s: deleted while it ran; its files are removed", job_id)
+            return "deleted"
     reporter.status(status, **({"error": {"type": error[0], "message": error[1]}} if error else {}))
     log.info("job %s: %s", job_id, status)
     return status

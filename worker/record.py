@@ -8,7 +8,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.config import settings
-from app.models import Artifact, Job, MetricPoint, utcnow
+from app.lineage import job_lineage
+from app.models import Artifact, Dataset, Job, MetricPoint, utcnow
+from app.spec import JobSpec
 
 POINT_COLUMNS = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "num_tokens"}
 
@@ -54,8 +56,8 @@ def _insert_ignoring_duplicates(session: Session, values: list[dict[str, Any]]) 
 
 def store_points(session: Session, job_id: str, points: list[tuple[str, dict[str, Any]]]) -> None:
     """Insert train/eval points (a replayed step is ignored) and move the job's progress forward."""
-    if not points:
-        return
+    if not points or job_status(session, job_id) is None:
+        return  # nothing to store, or the job was deleted while it ran (DELETE /jobs/{id})
     rows, progress = [], {}
     for split, point in points:
         row = {k: point.get(k) for k in POINT_COLUMNS}
@@ -136,5 +138,41 @@ def job_status(session: Session, job_id: str) -> str | None:
 
 def add_artifact(session: Session, job_id: str, name: str, **fields: Any) -> None:
     """Record an artifact, replacing one of the same name (a resumed attempt re-saves a checkpoint)."""
+    if job_status(session, job_id) is None:
+        return  # the job was deleted while it ran: its files go when the attempt ends
     session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     session.add(Artifact(job_id=job_id, name=name, **fields))
+
+
+def discard_deleted_outputs(session: Session, job_id: str) -> bool:
+    """True when the job was deleted, or its files were (keep_metrics), while it ran: its outputs must go too."""
+    deleted_at = session.execute(select(Job.artifacts_deleted_at).where(Job.id == job_id)).first()
+    if deleted_at is not None and deleted_at[0] is None:
+        return False
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    return True
+
+
+def set_lineage(session: Session, job_id: str, spec: JobSpec, device: str) -> dict[str, Any]:
+    """Record what this attempt runs with (app/lineage.py): data and format hashes, libraries, device, seed."""
+    shas = [
+        session.scalar(select(Dataset.sha256).where(Dataset.id == ref)) if isinstance(ref, str) else None
+        for ref in (spec.dataset, spec.validation_dataset)
+    ]
+    value = job_lineage(spec, shas[0], device, shas[1])
+    session.execute(update(Job).where(Job.id == job_id).values(lineage=value))
+    return value
+
+
+def set_evaluation(session: Session, job_id: str, evaluation: dict[str, Any] | None) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(evaluation=evaluation))
+
+
+def train_losses(session: Session, job_id: str) -> list[tuple[int, float]]:
+    """(step, loss) of the job's train curve, for the model card's plot."""
+    rows = session.execute(
+        select(MetricPoint.step, MetricPoint.loss)
+        .where(MetricPoint.job_id == job_id, MetricPoint.split == "train", MetricPoint.loss.is_not(None))
+        .order_by(MetricPoint.step)
+    )
+    return [(step, loss) for step, loss in rows]

@@ -2,7 +2,11 @@
 
 from app.queue import TRAIN_TASK
 from app.webhooks import notify_job_finished
+from app.worker_calls import EXPORT_TASK, GENERATE_TASK, PREDICT_TASK
 from worker.celery_app import app
+from worker.export import run_export
+from worker.generation import run_generation
+from worker.inference import run_prediction
 
 # Imported here, in the worker's parent process, so each forked child starts a job without re-importing torch.
 from worker.job_runner import run_job, worker_name
@@ -14,3 +18,21 @@ def train(job_id: str) -> str:
     outcome = run_job(job_id, worker_name())
     notify_job_finished(job_id)  # queues the job's webhook if it ended; the API sends it, training never waits
     return outcome
+
+
+@app.task(name=GENERATE_TASK, acks_late=False)  # someone waits for it: never redelivered hours later
+def generate(call_id: str, job_id: str, request: dict) -> str:
+    """Base and adapter outputs side by side for POST /jobs/{id}/generate; the answer goes to the call's record."""
+    return run_generation(call_id, job_id, request)
+
+
+@app.task(name=PREDICT_TASK, acks_late=False)  # a request someone waits for: never redelivered hours later
+def predict(call_id: str, job_id: str, payload: dict) -> str:
+    """Labels for POST /jobs/{id}/predict from a classification job's adapter; the answer goes to the call."""
+    return run_prediction(call_id, job_id, payload)
+
+
+@app.task(name=EXPORT_TASK)
+def export(export_id: str) -> str:
+    """A merged export (POST /jobs/{id}/exports); safe to run twice (only one claim wins)."""
+    return run_export(export_id)

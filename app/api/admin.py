@@ -1,7 +1,6 @@
 """Routes for admin keys (/admin: API keys and every tenant's usage) and for each tenant's own limits (/limits)."""
 
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -12,6 +11,7 @@ from app.api import admin_service
 from app.auth import Caller, CallerDep, SessionDep
 from app.errors import Forbidden
 from app.models import ApiKey
+from app.schemas import UtcDatetime
 
 
 def require_admin(caller: CallerDep) -> Caller:
@@ -33,8 +33,8 @@ class KeyPublic(BaseModel):
     tenant: str
     prefix: str = Field(description="How the key starts (`ft_<lookup>_`), to recognise it.")
     is_admin: bool
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
 
     @classmethod
     def of(cls, key: ApiKey) -> "KeyPublic":

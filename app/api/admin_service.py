@@ -11,6 +11,8 @@ from app.models import ApiKey, Dataset, Job, utcnow
 
 def list_keys(session: Session, tenant: str | None) -> list[ApiKey]:
     query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant is not None and not TENANT_NAME.fullmatch(tenant):
+        return []  # no key can belong to it
     if tenant is not None:
         query = query.where(ApiKey.tenant == tenant)
     return list(session.scalars(query))

@@ -1,13 +1,15 @@
-"""Routes for /datasets: upload, list, get, preview."""
+"""Routes for /datasets: upload, list, get, preview, delete."""
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from pydantic import BaseModel
 
+from app import retention, storage
 from app.api import datasets_service
 from app.auth import CallerDep, SessionDep
 from app.limits import LIMITED, UploadRate
+from app.retention import DeletedPublic
 from app.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -71,3 +73,12 @@ def preview_dataset(
     dataset = datasets_service.get_dataset(session, caller, dataset_id, admin_may_read=True)
     rows = datasets_service.read_rows(dataset.id, limit)
     return DatasetPreview(dataset_id=dataset.id, rows=dataset.rows, columns=dataset.columns, data=rows)
+
+
+@router.delete("/{dataset_id}", response_model=DeletedPublic)
+def delete_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DeletedPublic:
+    """Delete the dataset and its stored rows; 409 while a queued or running job uses it."""
+    dataset = datasets_service.delete_dataset(session, caller, dataset_id)
+    session.commit()  # the record goes first: a failure after it leaves files the sweep removes, never a dangling row
+    freed = retention.remove_tree(storage.dataset_dir(dataset.id))
+    return DeletedPublic(id=dataset.id, object="dataset", freed_bytes=freed)

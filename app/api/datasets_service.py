@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import limits, storage
+from app import limits, retention, storage
 from app.auth import Caller, can_see, listing_tenant
 from app.dataset_files import parse_dataset
 from app.errors import Invalid, NotFound, TooLarge
@@ -124,3 +124,10 @@ def list_datasets(session: Session, caller: Caller, limit: int, tenant: str | No
     if (shown := listing_tenant(caller, tenant)) is not None:
         query = query.where(Dataset.tenant == shown)
     return list(session.scalars(query.limit(limit)))
+
+
+def delete_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
+    """Delete the caller's dataset record; 409 while a queued or running job uses it. Files go after the commit."""
+    dataset = get_dataset(session, caller, dataset_id)
+    retention.delete_dataset_record(session, dataset)
+    return dataset

@@ -1,15 +1,18 @@
-"""Routes for /jobs: submit, list, get, cancel, artifacts (metrics: app/api/metrics.py, events: app/api/events.py)."""
+"""Routes for /jobs: submit, list, get, cancel, delete, artifacts (metrics, events: app/api/metrics.py, events.py)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from app import retention, storage
 from app.api import jobs_service
 from app.auth import CallerDep, SessionDep
 from app.limits import LIMITED, SubmitRate
+from app.lineage import clone_spec
 from app.models import Artifact
 from app.queue import enqueue_training
+from app.retention import DeletedPublic
 from app.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -69,6 +72,38 @@ def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic
     job = jobs_service.cancel_job(session, caller, job_id)
     session.commit()
     notify_job_finished(job.id, session)  # a queued job ends here, with no worker to send its webhook
+    return JobPublic.of(job)
+
+
+@router.delete("/{job_id}", response_model=DeletedPublic)
+def delete_job(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    keep_metrics: Annotated[bool, Query(description="Keep the job's record and metrics; remove its files.")] = False,
+) -> DeletedPublic:
+    """Cancel the job if it has not ended, then remove its checkpoints and artifacts, and its record and metrics."""
+    job, cancelled = jobs_service.delete_job(session, caller, job_id, keep_metrics)
+    session.commit()
+    freed = retention.remove_tree(storage.job_dir(job.id))
+    if not keep_metrics:
+        retention.forget_events(job.id)
+    return DeletedPublic(id=job.id, object="job", cancelled=cancelled, kept_metrics=keep_metrics, freed_bytes=freed)
+
+
+@router.post("/{job_id}/clone", status_code=201, response_model=JobPublic, dependencies=[SubmitRate], responses=LIMITED)
+def clone_job(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    overrides: Annotated[dict[str, Any] | None, Body(description="Spec fields to change, deep-merged.")] = None,
+) -> JobPublic:
+    """A new queued job with this job's spec and `overrides` deep-merged in (e.g. `{"training": {"seed": 7}}`)."""
+    source = jobs_service.get_job(session, caller, job_id)
+    job, _ = jobs_service.create_job(session, caller, clone_spec(source.spec, overrides or {}), None)
+    session.commit()
+    if enqueue_training(job.id):
+        jobs_service.mark_enqueued(session, job)
     return JobPublic.of(job)
 
 

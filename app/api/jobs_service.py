@@ -1,6 +1,7 @@
 """Jobs: submit (checked against the caller's data), read, list, cancel, metrics and artifacts."""
 
 import base64
+import logging
 import re
 from datetime import datetime
 from pathlib import Path
@@ -9,20 +10,30 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import events, limits, storage
-from app.api import validate_service
+from app import events, limits, retention, storage
+from app.api import estimate_service, validate_service
 from app.auth import Caller, can_see, listing_tenant
+from app.data_checks import ValidationReport
 from app.errors import Conflict, Invalid, NotFound
 from app.models import Artifact, Job, utcnow
+from app.prequantized import check_prequantized_base
 from app.spec import JobSpec
+from app.webhooks import notify_job_finished
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+log = logging.getLogger(__name__)
 ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
-def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> None:
-    """The checks of POST /jobs/validate (data, columns, rows, tokenizer, lengths); 422 on any problem."""
-    validate_service.enforce(validate_service.check_job_spec(session, caller, spec))
+def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
+    """The checks of POST /jobs/validate (data, columns, rows, tokenizer, lengths, fit); 422 on any problem.
+
+    A GPTQ/AWQ base is checked first: a second quantization is refused, a default one becomes null.
+    """
+    check_prequantized_base(spec)
+    report = validate_service.check_job_spec(session, caller, spec)
+    validate_service.enforce(report)
+    return report
 
 
 def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -34,7 +45,8 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         if existing is not None:
             return existing, False
     limits.check_queued_quota(session, caller.tenant)
-    validate_submission(session, caller, spec)
+    report = validate_submission(session, caller, spec)
+    spec = estimate_service.spec_to_run(spec, report)  # auto_fit_batch may have lowered the micro-batch
     job = Job(
         tenant=caller.tenant,
         name=spec.name,
@@ -42,6 +54,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         spec=spec.model_dump(mode="json"),
         dataset_id=spec.dataset if isinstance(spec.dataset, str) else None,
         idempotency_key=idempotency_key,
+        estimate=estimate_service.stored_estimate(report),
     )
     session.add(job)
     try:
@@ -51,7 +64,16 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         return session.scalar(
             select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
         ), False
+    if job.estimate and job.estimate.get("adjusted"):
+        _publish_warning(job.id, job.estimate["adjusted"])
     return job, True
+
+
+def _publish_warning(job_id: str, message: str) -> None:
+    try:
+        events.publish(job_id, "warning", {"message": message})
+    except Exception:  # live events are best effort: the job's estimate keeps the note
+        log.warning("job %s: could not publish warning event", job_id)
 
 
 def mark_enqueued(session: Session, job: Job) -> None:
@@ -114,6 +136,24 @@ def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     return job
 
 
+def delete_job(session: Session, caller: Caller, job_id: str, keep_metrics: bool) -> tuple[Job, bool]:
+    """Cancel the job if it has not ended, then delete its artifact rows, and the job with its metrics unless
+    `keep_metrics`; returns (job, cancelled). The caller commits, then removes the files (app/retention.py).
+
+    A running job deleted whole is told to stop like a cancel; its worker finds the row gone and discards its files.
+    """
+    job = get_job(session, caller, job_id)
+    cancelled = job.status not in TERMINAL
+    if cancelled:
+        cancel_job(session, caller, job_id)
+        if not keep_metrics:  # no worker will record the end of a job that is gone: it ends here
+            job.status, job.finished_at = "cancelled", job.finished_at or utcnow()
+            session.flush()
+        notify_job_finished(job.id, session)
+    retention.delete_job_record(session, job, keep_metrics)
+    return job, cancelled
+
+
 def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[Artifact]:
     query = select(Artifact).where(Artifact.job_id == job.id)
     if kind:
@@ -126,6 +166,11 @@ def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, Path
     if ARTIFACT_NAME.fullmatch(name):  # names reach SQL and file names; anything else is no artifact of ours
         artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
     if artifact is None:
+        if job.artifacts_deleted_at is not None:
+            raise Conflict(
+                f"job {job.id}'s files were deleted at {job.artifacts_deleted_at:%Y-%m-%d %H:%M} UTC "
+                "(DELETE with keep_metrics, or retention: FT_RETENTION_ARTIFACT_DAYS); its metrics remain"
+            )
         if name == "adapter":
             raise Conflict(f"job {job.id} is {job.status}: the adapter exists once the job has succeeded")
         raise NotFound(f"job {job.id} has no artifact {name!r}; see GET /jobs/{job.id}/artifacts")

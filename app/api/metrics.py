@@ -1,7 +1,7 @@
 """GET /jobs/{id}/metrics: a job's loss curve so far, as JSON or a CSV results file."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
@@ -41,6 +41,7 @@ class CurvePublic(BaseModel):
     status: str
     train: list[TrainPointPublic]
     eval: list[EvalPointPublic]
+    evaluation: dict[str, Any] | None = None  # base vs adapter: {examples, base: {eval_loss, ...}, adapter: {...}}
 
 
 @router.get(
@@ -68,4 +69,5 @@ def get_metrics(
         headers["Content-Disposition"] = f'attachment; filename="{job.id}-metrics.csv"'
         return Response(metrics_service.to_csv(train, evals), media_type="text/csv", headers=headers)
     # Plain dicts straight to JSON: validating 100k points through pydantic would cost more than the query.
-    return JSONResponse({"job_id": job.id, "status": job.status, "train": train, "eval": evals}, headers=headers)
+    body = {"job_id": job.id, "status": job.status, "train": train, "eval": evals, "evaluation": job.evaluation}
+    return JSONResponse(body, headers=headers)

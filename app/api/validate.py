@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.api import validate_service
+from app.api.estimate_service import EstimatedReport
 from app.auth import CallerDep, SessionDep
 from app.data_checks import ValidationReport
 from app.limits import LIMITED, SubmitRate
@@ -11,7 +12,8 @@ from app.spec import JobSpec
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("/validate", response_model=ValidationReport, dependencies=[SubmitRate], responses=LIMITED)
+@router.post("/validate", response_model=EstimatedReport, dependencies=[SubmitRate], responses=LIMITED)
 def validate_job(spec: JobSpec, caller: CallerDep, session: SessionDep) -> ValidationReport:
-    """Render the first examples with their trained part, count tokens and steps, and list every problem."""
+    """Render the first examples with their trained part, count tokens and steps, list every problem, and
+    estimate memory, time and GPU-hours on the fleet's GPUs."""
     return validate_service.check_job_spec(session, caller, spec)

@@ -6,8 +6,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app import hub_files, limits
+from app.api import estimate_service
 from app.api.datasets_service import get_dataset, read_rows
 from app.auth import Caller
+from app.classification import check_classification
 from app.config import settings
 from app.data_checks import DataSource, Problem, ValidationReport, check_data
 from app.errors import DomainError, Invalid, NotFound
@@ -84,17 +86,23 @@ def _tokenizer_loader(base_model: str, report: ValidationReport):  # noqa: ANN20
 
 def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
     """Every check POST /jobs runs, as a report (nothing is queued)."""
-    report = ValidationReport(ok=False)
+    report = estimate_service.EstimatedReport(ok=False)
     _check_base_model(spec.base_model, report)
     train = _source(session, caller, "dataset", spec.dataset, report)
     evals = None
     if spec.validation_dataset is not None:
         evals = _source(session, caller, "validation_dataset", spec.validation_dataset, report)
-    check_data(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+    check = check_classification if spec.task == "classification" else check_data
+    check(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+    if not any(p.field == "base_model" for p in report.problems):
+        estimate_service.add_estimate(spec, report)  # memory, time, GPU-hours; refuses a job that fits no GPU
     return limits.check_spec_bounds(spec, caller.tenant, report)
 
 
 def enforce(report: ValidationReport) -> None:
     """Refuse a spec whose checks found problems: 422 naming the field, column or row, with the full list."""
     if not report.ok:
-        raise Invalid(report.summary(), extra={"problems": [p.model_dump(exclude_none=True) for p in report.problems]})
+        extra: dict = {"problems": [p.model_dump(exclude_none=True) for p in report.problems]}
+        if (estimate := estimate_service.stored_estimate(report)) is not None:
+            extra["estimate"] = estimate  # the numbers behind a job that fits no GPU
+        raise Invalid(report.summary(), extra=extra)

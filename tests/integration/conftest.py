@@ -79,6 +79,7 @@ def stack(request: pytest.FixtureRequest, tiny_model: Path, session_dir: Path) -
         "FT_MODELS_DIR": str(MODELS_DIR),
         "FT_REDIS_URL": REDIS_URL,
         "FT_TRAINING_QUEUE": f"training-test-{suffix}",
+        "FT_INFERENCE_QUEUE": f"inference-test-{suffix}",  # predict, generate, exports: their own worker
     }
     db_name = f"ft_test_{suffix}"
     if backend == "postgresql":
@@ -87,7 +88,7 @@ def stack(request: pytest.FixtureRequest, tiny_model: Path, session_dir: Path) -
         env.pop("FT_DATABASE_URL", None)
     local = LocalStack(env=env, log_dir=root / "logs")
     try:
-        local.start()
+        local.start(inference=True)
         probe = Stack(backend, local, "", httpx.Client())
         key = probe.make_key("tests")
         client = probe.client_for(key)

@@ -5,11 +5,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
+from app.adapter_spec import PREQUANTIZED_METHODS
 from app.config import settings
+from app.prequantized import quant_method
 from app.spec import JobSpec, Quantization
+from worker.training import adapters
 from worker.training.errors import TrainingError
 from worker.training.speed import cpu_has_fast_bf16
 
@@ -88,7 +91,10 @@ def load_model(spec: JobSpec, attn_implementation: str = "sdpa") -> Any:
     source = resolve_base_model(spec.base_model)
     kwargs: dict[str, Any] = {"dtype": compute_dtype(), "use_safetensors": True, "trust_remote_code": False}
     kwargs["attn_implementation"] = attn_implementation
-    qconfig = quantization_config(spec.quantization)
+    prequantized = prequantized_method(source)
+    if prequantized:
+        check_prequantized_base(spec, prequantized)  # its own GPTQ/AWQ weights; never a second quantization
+    qconfig = None if prequantized else quantization_config(spec.quantization)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
     if device_type() == "cuda":
@@ -122,19 +128,48 @@ def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> None:
 
 
 def add_lora(model: Any, spec: JobSpec) -> PeftModel:
-    lora = spec.lora
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        bias=lora.bias,
-        task_type="CAUSAL_LM",
-    )
+    """The spec's adapter (LoRA unless `adapter.method` names another) on the base: see worker/training/adapters.py."""
+    return adapters.add_adapter(model, spec)
+
+
+def prequantized_method(source: str) -> str | None:
+    """`gptq` or `awq` when the base ships quantized (its config says so), read before any weight is loaded."""
     try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise TrainingError("invalid_spec", f"lora.target_modules: {exc}") from exc
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except Exception:  # load_model names the problem when it loads the model itself
+        return None
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    return quant_method({"quantization_config": quantization})
+
+
+def check_prequantized_base(spec: JobSpec, method: str) -> None:
+    """A GPTQ/AWQ base trains LoRA on a GPU with the kernels installed; anything else fails here, in words."""
+    from transformers.utils import is_gptqmodel_available, is_optimum_available
+
+    kind = method.upper()
+    if device_type() != "cuda":
+        raise TrainingError(
+            "unsupported_on_cpu",
+            f"{spec.base_model!r} is {kind}-quantized and its kernels need a GPU; this worker has none. Run it on "
+            "a GPU worker, or train an unquantized base (4-bit QLoRA trains on the CPU too).",
+        )
+    if spec.adapter.method not in PREQUANTIZED_METHODS:
+        raise TrainingError(
+            "invalid_spec", f"adapter.method {spec.adapter.method!r} cannot train on a {kind} base; use lora or rslora"
+        )
+    missing = [] if is_gptqmodel_available() else ["gptqmodel"]
+    if method == "gptq" and not is_optimum_available():
+        missing.append("optimum")
+    if missing:
+        raise TrainingError(
+            "unsupported_model",
+            f"{spec.base_model!r} is {kind}-quantized and this worker lacks {' and '.join(missing)} to load it; "
+            f"install them on the GPU workers (pip install {' '.join(missing)})",
+        )
+    if spec.quantization is not None:
+        log.warning("%s is already %s-quantized: spec.quantization is ignored", spec.base_model, kind)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

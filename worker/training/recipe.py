@@ -15,7 +15,8 @@ from trl import SFTConfig, SFTTrainer
 
 from app.config import settings
 from app.spec import HubDataset, JobSpec
-from worker.training import data, speed
+from worker import evaluation
+from worker.training import adapters, data, speed
 from worker.training import model as modelling
 from worker.training.best import BestAdapter
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
@@ -38,8 +39,10 @@ class TrainingResult:
     device: str
     best_step: int | None = None  # with training.load_best: the step whose adapter was kept
     train_seconds: float | None = None  # the training loop alone, for tokens/s
+    train_cpu_seconds: float | None = None  # CPU time of the loop (all threads): tokens/s that load barely moves
     train_tokens: int | None = None  # real (non-padding) tokens trained on
     peak_memory_bytes: int | None = None  # CUDA peak allocated on a GPU, peak RSS on the CPU
+    evaluation: dict[str, Any] | None = None  # training.evaluate_base: base vs adapter (worker/evaluation.py)
 
 
 def _load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:
@@ -111,7 +114,7 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan
         assistant_only_loss=spec.format.type == "chat",
         dataset_num_proc=None,
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if fast.group_by_length else "random",
+        **({"train_sampling_strategy": "group_by_length"} if fast.group_by_length else {}),
         use_liger_kernel=fast.use_liger_kernel,
         torch_compile=fast.torch_compile,
     )
@@ -126,6 +129,10 @@ def run(
     resume_from: Path | None = None,
 ) -> TrainingResult:
     """Fine-tune `spec.base_model` on the dataset and save the adapter under out_dir/adapter."""
+    if spec.task == "classification":  # a head and labels instead of generated text: its own recipe
+        from worker.training import classification
+
+        return classification.run(spec, dataset_path, out_dir, report, validation_path, resume_from)
     report = report or LogReport()
     started = time.monotonic()
     torch.manual_seed(spec.training.seed)
@@ -134,10 +141,13 @@ def run(
     tokenizer = modelling.load_tokenizer(spec.base_model)
     tokenizer.truncation_side = spec.training.truncation_side
     data.use_chat_template(spec, tokenizer)
+    spec, adapter_warnings = adapters.fit_training(spec)  # what the adapter method cannot train with, turned off
+    for message in adapter_warnings:
+        report.warning(message)
     fast = speed.plan(spec.training, modelling.device_type())
     for message in fast.warnings:
         report.warning(message)
-    peft_model = modelling.add_lora(modelling.load_model(spec, fast.attn_implementation), spec)
+    peft_model = adapters.add_adapter(modelling.load_model(spec, fast.attn_implementation), spec)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)
 
@@ -162,7 +172,9 @@ def run(
         trainer.add_callback(best)
     if settings.fault_oom_above_batch_size is not None:
         trainer.add_callback(InjectedOutOfMemory(settings.fault_oom_above_batch_size))
+    cpu_started = time.process_time()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_cpu_seconds = time.process_time() - cpu_started
     if progress.stopped:
         raise Cancelled()
     if progress.drained and trainer.state.global_step < trainer.state.max_steps:
@@ -175,6 +187,10 @@ def run(
             eval_loss = trainer.evaluate().get("eval_loss")
     if best is not None and (best_loss := best.restore()) is not None:
         eval_loss = best_loss  # the adapter saved below is the one with the lowest eval loss
+    comparison = None
+    if spec.training.evaluate_base and eval_set is not None:
+        rows = evaluation.eval_rows(spec, dataset_path, validation_path)
+        comparison = evaluation.compare(trainer, peft_model, tokenizer, spec, rows, eval_loss)
 
     adapter_dir = modelling.save_adapter(peft_model, tokenizer, out_dir / "adapter")
     train_loss = output.training_loss if math.isfinite(output.training_loss) else None
@@ -189,8 +205,10 @@ def run(
         device=modelling.device_type(),
         best_step=best.step if best is not None else None,
         train_seconds=output.metrics.get("train_runtime"),
+        train_cpu_seconds=round(train_cpu_seconds, 2),
         train_tokens=trainer.state.num_input_tokens_seen or None,
         peak_memory_bytes=speed.peak_memory_bytes(),
+        evaluation=comparison,
     )
     (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))

@@ -1,0 +1,91 @@
+"""POST /jobs/{id}/predict on a worker: a classification job's adapter labels texts; the answer goes to the call.
+
+The API records the call and waits on it (app/worker_calls.py, shared with generate and exports). Loaded models
+stay in a small LRU cache keyed by job and adapter checksum, so only a job's first request pays for loading. That
+needs the tasks to run in the worker process itself: start the inference worker with `--pool solo`
+(docs/operations.md); under the training worker's prefork pool each request loads the model again.
+"""
+
+import logging
+import shutil
+import tarfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app import storage, worker_calls
+from app.spec import JobSpec
+from worker.training.classifier import LABELS_FILE, TrainedClassifier
+from worker.training.errors import TrainingError
+
+MAX_LOADED_MODELS = 2  # base + adapter each; more would hold more GPU memory than one worker should
+log = logging.getLogger(__name__)
+
+
+class ModelCache:
+    """The last few loaded models; the least recently used is dropped first."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def get(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        while len(self._models) >= self.size:
+            self._models.popitem(last=False)  # dropped before the next load, so two never share the memory
+        self._models[key] = model = load()
+        return model
+
+
+_classifiers = ModelCache(MAX_LOADED_MODELS)
+
+
+def unpacked_adapter(job_id: str, archive: Path, sha256: str) -> Path:
+    """The adapter archive extracted once per checksum under FT_DATA_DIR/cache/adapters."""
+    dest = storage.data_root() / "cache" / "adapters" / f"{job_id}-{sha256[:16]}"
+    if (dest / LABELS_FILE).is_file():
+        return dest
+    if not archive.is_file():
+        raise TrainingError("conflict", f"the adapter of job {job_id} is recorded but its file is missing")
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(partial, filter="data")
+    if not (partial / LABELS_FILE).is_file():
+        raise TrainingError("conflict", f"job {job_id}'s adapter has no {LABELS_FILE}: it is not a classifier")
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest
+
+
+def predict(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """[{label, scores}] for the payload's texts, with the job's trained classifier (loaded once, then cached)."""
+    job_id, sha256 = payload["job_id"], payload["sha256"]
+    spec = JobSpec.model_validate(payload["spec"])
+
+    def load() -> TrainedClassifier:
+        log.info("loading job %s's classifier (adapter %s on %s)", job_id, sha256[:12], spec.base_model)
+        return TrainedClassifier(spec, unpacked_adapter(job_id, storage.resolve(payload["adapter"]), sha256))
+
+    return _classifiers.get((job_id, sha256), load).predict(list(payload["texts"]))
+
+
+def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
+    """The worker side of POST /jobs/{id}/predict: predict, and record the answer on the call."""
+    worker_calls.finish(call_id, "running")
+    try:
+        predictions = predict({**payload, "job_id": job_id})
+    except TrainingError as exc:
+        log.warning("prediction %s for job %s failed: %s", call_id, job_id, exc.message)
+        worker_calls.finish(call_id, "failed", error={"type": exc.type, "message": exc.message})
+        return "failed"
+    except Exception as exc:
+        log.exception("prediction %s for job %s failed", call_id, job_id)
+        message = f"prediction failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
+        worker_calls.finish(call_id, "failed", error={"type": "internal_error", "message": message})
+        return "failed"
+    worker_calls.finish(call_id, "succeeded", results=predictions)
+    return "succeeded"
