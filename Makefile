@@ -24,6 +24,8 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# Recipe vs ours side by side (docs/benchmarks.md): BENCH_ARGS=--quick checks it end to end in a few steps,
+# --techniques adds each technique alone; bench/gpu.sh is the GPU version.
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
 

@@ -99,6 +99,10 @@ def _quota_error(limits: TenantLimits, name: str, usage: int, message: str, retr
 # --- checks at submit and upload ---
 
 
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
 def check_queued_quota(session: Session, tenant: str) -> None:
     """429 when the tenant already has as many queued jobs as it may."""
     limits = limits_for(tenant)
@@ -126,7 +130,9 @@ def check_spec_bounds(spec: JobSpec, tenant: str, report: ValidationReport) -> V
     def over(field: str, value: float, name: str, hint: str) -> None:
         allowed = getattr(limits, name)
         if value > allowed:
-            message = f"{value:g} is over this tenant's limit of {allowed:g} ({name}, {limits.source(name)}); {hint}"
+            message = (
+                f"{_num(value)} is over this tenant's limit of {_num(allowed)} ({name}, {limits.source(name)}); {hint}"
+            )
             found.append(Problem(field=field, message=message))
 
     if t.max_steps is not None:
