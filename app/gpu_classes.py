@@ -8,7 +8,8 @@ docs/estimates.md): `compute` scales the matmul throughput, `bandwidth` the per-
 from dataclasses import dataclass
 
 from app.config import settings
-from app.estimate import GIB, Batch, ModelShape
+from app.estimate import GIB, Batch
+from app.model_shape import ModelShape
 from app.spec import JobSpec
 
 

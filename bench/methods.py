@@ -40,6 +40,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--steps", type=int, help="override the workload's max_steps")
     p.add_argument("--sweep", action="store_true", help="also train each method at every rate in LEARNING_RATES")
+    p.add_argument("--lrs", type=float, nargs="+", help="train the methods at these rates instead of their guide's")
     p.add_argument("--workdir", type=Path, help="default: var/bench/methods-<timestamp>")
     p.add_argument(
         "--threads",
@@ -115,9 +116,10 @@ def base_eval_loss(w: Workload, workdir: Path) -> float:
 
 def _run_child(method: str, lr: float, w: Workload, workdir: Path) -> dict[str, Any]:
     result = workdir / f"{method}-{lr:g}.json"
-    argv = ["--child", method, "--lr", str(lr), "--workdir", str(workdir), *(["--steps", str(w.max_steps)])]
+    argv = ["--child", method, "--lr", str(lr), "--workdir", str(workdir), "--steps", str(w.max_steps)]
     with (workdir / f"{method}-{lr:g}.log").open("w") as log:
-        subprocess.run([sys.executable, "-m", "bench.methods", *argv], cwd=ROOT, env=os.environ, check=True, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        command = [sys.executable, "-m", "bench.methods", *argv]
+        subprocess.run(command, cwd=ROOT, env=os.environ, check=True, stdout=log, stderr=subprocess.STDOUT)
     return json.loads(result.read_text())
 
 
@@ -156,15 +158,18 @@ def main() -> None:
     print(f"methods bench in {workdir}: {w.max_steps} steps, {machine['nproc']} CPUs ({machine['cpu']})")
     make_model(w, Path(os.environ["FT_MODELS_DIR"]) / BENCH_MODEL)
     write_dataset(w, workdir / "dataset")
-    runs = [(m, METHODS[m][1]) for m in args.methods]
+    runs = [(m, lr) for m in args.methods for lr in (args.lrs or [METHODS[m][1]])]
     if args.sweep:
         runs += [(m, lr) for m in args.methods for lr in LEARNING_RATES if lr != METHODS[m][1]]
-    rows = []
+    # Runs into an existing workdir (same model and data) add to its figures; a rerun replaces its own row.
+    earlier = json.loads((workdir / "methods.json").read_text()) if (workdir / "methods.json").exists() else {}
+    kept = [r for r in earlier.get("runs", []) if (r["method"], r["learning_rate"]) not in runs]
+    rows = [{"machine": earlier.get("machine"), **r} for r in kept]
     for method, lr in runs:
         print(f"  {method} at lr {lr:g} ...", flush=True)
-        rows.append(_run_child(method, lr, w, workdir))
+        rows.append({**_run_child(method, lr, w, workdir), "machine": machine})
     base_loss = base_eval_loss(w, workdir)
-    results = {"machine": machine, "workload": w.to_json(), "base_eval_loss": base_loss, "runs": rows}
+    results = {"workload": w.to_json(), "base_eval_loss": base_loss, "runs": rows}
     (workdir / "methods.json").write_text(json.dumps(results, indent=2))
     print_table(sorted(rows, key=lambda r: (list(METHODS).index(r["method"]), r["learning_rate"])), base_loss)
     print(f"\nfigures: {workdir / 'methods.json'}")

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from app.estimate import CPU, ModelShape, memory, peak_batch
+from app.estimate import CPU, memory, peak_batch
+from app.model_shape import ModelShape
 from app.spec import JobSpec
 
 TOLERANCE = 0.20  # |estimate / measured - 1|; docs/estimates.md says why

@@ -80,6 +80,8 @@ def test_a_gpu_without_varlen_attention_groups_by_length_instead() -> None:
 
 def test_gpu_only_knobs_are_dropped_on_the_cpu_with_a_warning_only_when_asked() -> None:
     assert speed.plan(Training(), "cpu").warnings == []
+    stored = Training.model_validate(Training().model_dump())  # a spec read back from the record sets every field
+    assert speed.plan(stored, "cpu").warnings == [] and not speed.plan(stored, "cpu").use_liger_kernel
     plan = speed.plan(Training(torch_compile=True, attn_implementation="flash_attention_2"), "cpu")
     assert not plan.torch_compile and plan.attn_implementation == "sdpa"
     assert any("torch_compile" in w for w in plan.warnings) and any("flash_attention_2" in w for w in plan.warnings)

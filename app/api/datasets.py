@@ -75,7 +75,11 @@ def preview_dataset(
     return DatasetPreview(dataset_id=dataset.id, rows=dataset.rows, columns=dataset.columns, data=rows)
 
 
-@router.delete("/{dataset_id}", response_model=DeletedPublic)
+@router.delete(
+    "/{dataset_id}",
+    response_model=DeletedPublic,
+    responses={409: {"description": "A queued or running job trains or evaluates on the dataset."}},
+)
 def delete_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DeletedPublic:
     """Delete the dataset and its stored rows; 409 while a queued or running job uses it."""
     dataset = datasets_service.delete_dataset(session, caller, dataset_id)

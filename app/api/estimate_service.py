@@ -14,21 +14,11 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from app.config import settings
 from app.data_checks import Problem, TokenLengths, ValidationReport
-from app.estimate import (
-    CPU,
-    CUDA_CONTEXT,
-    GIB,
-    GPU,
-    Batch,
-    Memory,
-    ModelShape,
-    batch_shape,
-    memory,
-    peak_batch,
-    trainable_parameters,
-)
+from app.estimate import CPU, CUDA_CONTEXT, GIB, GPU, Batch, Memory, batch_shape, memory, peak_batch
 from app.gpu_classes import Fleet, GpuClass, fleet, seconds_per_micro_batch
-from app.spec import JobSpec, Training
+from app.model_shape import ModelShape, trainable_parameters
+from app.prequantized import quant_method
+from app.spec import JobSpec, Quantization, Training
 
 
 class EstimateUnavailable(Exception):
@@ -222,10 +212,14 @@ def _refusal(shape: ModelShape, spec: JobSpec, est: JobEstimate) -> Problem:
 def add_estimate(spec: JobSpec, report: EstimatedReport) -> None:
     """Estimate the job for the fleet; refuse it (a problem) when it fits nowhere, or fit its micro-batch."""
     try:
-        shape = ModelShape.from_config(model_config(spec.base_model))
+        config = model_config(spec.base_model)
+        shape = ModelShape.from_config(config)
     except (EstimateUnavailable, ValueError) as exc:
         report.warnings.append(f"estimate: not made, {exc}")
         return
+    if quant_method(config) and spec.quantization is None:  # GPTQ/AWQ: already quantized, counted like bitsandbytes
+        bits = 8 if (config.get("quantization_config") or {}).get("bits") == 8 else 4
+        spec = spec.model_copy(update={"quantization": Quantization(bits=bits)})
     where = fleet()
     report.estimate = _evaluate(shape, spec, report, where)
     if report.estimate.fits:

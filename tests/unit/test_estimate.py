@@ -9,8 +9,9 @@ import pytest
 from app.api.estimate_service import EstimatedReport, add_estimate, smaller_batches, spec_to_run
 from app.config import settings
 from app.data_checks import TokenLengths
-from app.estimate import CPU, GIB, GPU, ModelShape, memory, optimizer_bytes, peak_batch, trainable_parameters
+from app.estimate import CPU, GIB, GPU, memory, optimizer_bytes, peak_batch
 from app.gpu_classes import KNOWN, fleet, parse_fleet, seconds_per_micro_batch
+from app.model_shape import ModelShape, trainable_parameters
 from app.spec import JobSpec
 from tests.conftest import MODELS_DIR
 
@@ -213,3 +214,11 @@ def test_cpu_only_workers_are_never_refused(llama_7b_dir: str, monkeypatch: pyte
     est = result.estimate
     assert result.ok and est.fits and est.gpus[0].gpu_hours is None and any("CPU-only" in n for n in est.notes)
     assert Path(settings.resolved_models_dir, llama_7b_dir, "config.json").is_file()
+
+
+def test_a_gptq_base_counts_as_already_quantized(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "fleet_gpus", "T4")
+    gptq = {**LLAMA_13B, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
+    result = report()
+    add_estimate(spec(base_model=model_dir("llama-13b-gptq", gptq), quantization=None), result)  # as the API sets it
+    assert result.ok and result.estimate.fits and result.estimate.memory.weights_bytes < 8e9  # not 26 GB of bf16

@@ -115,7 +115,7 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: speed.Spe
         remove_unused_columns=False,  # the dataset holds exactly the model's inputs and labels
         label_names=["labels"],
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if fast.group_by_length else "random",
+        **speed.sampler_args(fast.group_by_length),
     )
 
 
@@ -130,6 +130,20 @@ def _before_and_after(
         return {"eval_loss": m.get("eval_loss"), "perplexity": None, "accuracy": m.get("accuracy"), "f1": m.get("f1")}
 
     return {"examples": examples, "label_examples": examples, "base": side(baseline), "adapter": side(final)}
+
+
+def _final_eval(
+    trainer: Trainer, progress: ProgressCallback, metrics: EvalMetrics, best: BestByMetric | None
+) -> dict[str, Any] | None:
+    """The saved adapter's metrics: the last step's (evaluated now unless training just ended with an evaluation),
+    or with load_best the best evaluation's, whose weights are put back."""
+    last = progress.last_eval
+    if last is None or last["step"] != trainer.state.global_step or metrics.last is None:
+        trainer.evaluate()  # also a candidate for load_best
+        last = progress.last_eval
+    if best is not None and (best_metrics := best.restore()) is not None:
+        return best_metrics
+    return {**(metrics.last or {}), "eval_loss": (last or {}).get("eval_loss")}
 
 
 def run(
@@ -154,6 +168,7 @@ def run(
         report.warning(message)
     model = classifier.load_classifier(spec, labels, tokenizer, fast.attn_implementation)
     peft_model = classifier.add_adapter(model, spec)
+    speed.keep_adapter_fp32(peft_model)  # LoRA and the head in fp32 (a bf16 base trains under autocast on a GPU)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)
 
@@ -190,15 +205,7 @@ def run(
     if progress.drained and trainer.state.global_step < trainer.state.max_steps:
         raise Drained(trainer.state.global_step)
 
-    final: dict[str, Any] | None = None
-    if eval_set is not None:
-        last = progress.last_eval
-        if last is None or last["step"] != trainer.state.global_step or metrics.last is None:
-            trainer.evaluate()
-            last = progress.last_eval
-        final = {**(metrics.last or {}), "eval_loss": (last or {}).get("eval_loss")}
-    if best is not None and (best_metrics := best.restore()) is not None:
-        final = best_metrics  # the adapter saved below is the best evaluation's
+    final = _final_eval(trainer, progress, metrics, best) if eval_set is not None else None
     adapter_dir = classifier.save_classifier(peft_model, tokenizer, labels, spec, out_dir / "adapter")
     result = ClassificationResult(
         adapter_dir=str(adapter_dir),

@@ -114,7 +114,7 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan
         assistant_only_loss=spec.format.type == "chat",
         dataset_num_proc=None,
         dataloader_num_workers=0,
-        **({"train_sampling_strategy": "group_by_length"} if fast.group_by_length else {}),
+        **speed.sampler_args(fast.group_by_length),
         use_liger_kernel=fast.use_liger_kernel,
         torch_compile=fast.torch_compile,
     )

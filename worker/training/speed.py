@@ -43,9 +43,11 @@ def _installed(module: str) -> bool:
 
 
 def plan(t: Training, device: str) -> SpeedPlan:
-    """Resolve the knobs; a GPU-only knob on the CPU is dropped silently unless the spec set it explicitly."""
+    """Resolve the knobs; a GPU-only knob on the CPU is dropped, with a warning only when it is not the default.
+
+    (Stored specs carry every field, so "set explicitly" is lost by the time a worker reads one.)
+    """
     on_gpu = device == "cuda"
-    asked = t.model_fields_set
     result = SpeedPlan(attn_implementation=t.attn_implementation, fp32_adapter=not on_gpu and not cpu_has_fast_bf16())
     if t.attn_implementation == "flash_attention_2" and not (on_gpu and _installed("flash_attn")):
         result.attn_implementation = "sdpa"
@@ -60,10 +62,21 @@ def plan(t: Training, device: str) -> SpeedPlan:
             continue
         if on_gpu and installed:
             setattr(result, knob, True)
-        elif knob in asked:
+        elif getattr(t, knob) != Training.model_fields[knob].default:
             where = "on a GPU with the liger-kernel package" if knob == "use_liger_kernel" else "on a GPU"
             result.warnings.append(f"{knob} only applies {where}; ignored here")
     return result
+
+
+def sampler_args(group_by_length: bool) -> dict[str, Any]:
+    """TrainingArguments for length-grouped batches, in this transformers' spelling (renamed in 5.x)."""
+    if not group_by_length:
+        return {}
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
 
 
 def padding_free_collator(pad_token_id: int) -> Any:
