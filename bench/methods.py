@@ -7,6 +7,7 @@ differ. Eval loss is bench.workload's one measure, for every method alike.
     python -m bench.methods                          # every method at its PEFT-guide learning rate
     python -m bench.methods --sweep                  # and at each rate in LEARNING_RATES (for docs/methods.md)
     python -m bench.methods --methods lora ia3 --steps 10
+    python -m bench.methods --count                  # trainable parameters on TinyLlama-1.1B's shape (no weights)
 """
 
 import argparse
@@ -48,6 +49,7 @@ def _args() -> argparse.Namespace:
         help="torch CPU threads per run (OMP_NUM_THREADS); 1 on a shared machine, where spinning threads that "
         "wait for one another make each small matmul many times slower",
     )
+    p.add_argument("--count", action="store_true", help="only count trainable parameters on TinyLlama-1.1B's shape")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: train one method in this process
     p.add_argument("--lr", type=float, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -114,6 +116,30 @@ def base_eval_loss(w: Workload, workdir: Path) -> float:
     return eval_loss(model_dir, noop, workdir / "dataset" / "eval.jsonl", w.max_seq_length)
 
 
+def count_on_tinyllama() -> None:
+    """Each method's trainable parameters on TinyLlama-1.1B's architecture, built on the meta device (no weights)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from app.spec import JobSpec
+    from bench.workload import TINYLLAMA_MODEL
+    from worker.training.adapters import peft_config
+
+    config = LlamaConfig(**{k: v for k, v in TINYLLAMA_MODEL.items() if k != "dtype"})
+    print("| method | trainable parameters | % of TinyLlama-1.1B |\n| --- | ---: | ---: |")
+    for method, (adapter, _) in METHODS.items():
+        if method == "prompt_tuning":  # text init reads real embeddings, which the meta device has not
+            adapter = {"method": "prompt_tuning", "init": "random"}
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        spec = JobSpec.model_validate({"base_model": "shape-only", "dataset": "none", "adapter": adapter})
+        peft_model = get_peft_model(model, peft_config(spec, model))
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in peft_model.parameters())
+        print(f"| {method} | {trainable:,} | {100 * trainable / total:.3f}% |")
+
+
 def _run_child(method: str, lr: float, w: Workload, workdir: Path) -> dict[str, Any]:
     result = workdir / f"{method}-{lr:g}.json"
     argv = ["--child", method, "--lr", str(lr), "--workdir", str(workdir), "--steps", str(w.max_steps)]
@@ -139,6 +165,9 @@ def print_table(rows: list[dict[str, Any]], base_loss: float) -> None:
 def main() -> None:
     args = _args()
     w = Workload(**({"max_steps": args.steps} if args.steps else {}))
+    if args.count:
+        count_on_tinyllama()
+        return
     if args.child:
         result = train_one(args.child, args.lr, w, args.workdir)
         (args.workdir / f"{args.child}-{args.lr:g}.json").write_text(json.dumps(result, indent=2))

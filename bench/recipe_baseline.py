@@ -120,8 +120,6 @@ def main() -> None:
         data_collator=collator,
     )
     model.config.use_cache = False
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     cpu_started = time.process_time()
     output = trainer.train()
     train_cpu_seconds = time.process_time() - cpu_started
@@ -135,6 +133,7 @@ def main() -> None:
         "train_seconds": output.metrics["train_runtime"],
         "train_cpu_seconds": train_cpu_seconds,
         "seconds_to_adapter": to_adapter,
+        # The whole process's peak, model load included, as the worker reports its own.
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes(),
         "memory_kind": "cuda_peak_allocated" if cuda else "peak_rss",
         "train_losses": losses,

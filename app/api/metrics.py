@@ -53,7 +53,9 @@ def get_metrics(
     job_id: str,
     caller: CallerDep,
     session: SessionDep,
-    since_step: Annotated[int | None, Query(ge=0, description="Only points with step > since_step.")] = None,
+    since_step: Annotated[
+        int | None, Query(ge=0, le=2**31 - 1, description="Only points with step > since_step.")
+    ] = None,
     max_points: Annotated[
         int | None, Query(ge=2, le=100_000, description="Downsample to at most this many points, keeping spikes.")
     ] = None,

@@ -127,6 +127,13 @@ def test_odd_artifact_names_are_404(client: httpx.Client, queued_job: str) -> No
     assert_refused(client.get(f"/jobs/{queued_job}/artifacts/adapter"), (409,), "adapter")
 
 
+def test_numbers_beyond_the_database_are_422(client: httpx.Client, queued_job: str) -> None:
+    # Found by the fuzzer: a step past 32 bits reached PostgreSQL's integer column as a 500.
+    for since_step in (2**31, 5_826_982_542, 10**30):
+        response = client.get(f"/jobs/{queued_job}/metrics", params={"since_step": since_step, "format": "csv"})
+        assert_refused(response, (422,), "since_step")
+
+
 def test_odd_file_names_are_cleaned_and_never_used_as_paths(stack: Stack, client: httpx.Client) -> None:
     data_dir = Path(stack.local.env["FT_DATA_DIR"]).resolve()
     names = [

@@ -48,7 +48,7 @@ def quantization_config(q: Quantization | None) -> BitsAndBytesConfig | None:
     if device_type() == "cpu" and dtype is torch.float16:
         dtype = torch.float32  # the CPU has no fast fp16 matmul
     if device_type() == "cpu" and dtype is torch.bfloat16 and not cpu_has_fast_bf16():
-        dtype = torch.float32  # no AVX512-BF16/AMX: bf16 matmuls are emulated, ~25x slower (docs/benchmarks.md)
+        dtype = torch.float32  # no AVX512-BF16/AMX: bf16 matmuls are emulated, 2x+ slower (docs/benchmarks.md)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
