@@ -69,7 +69,7 @@ def _print_service(results: dict[str, Any]) -> None:
         print(
             f"  warm worker, queued job: running after {warm['to_running_s']:.2f} s, first step seen after "
             f"{warm['to_first_step_s']:.2f} s = model load {warm['model_load_s']:.2f} s"
-            f" + one step {step_ms / 1000:.2f} s"
+            f" + one step {step_ms / 1000:.2f} s "
             f"+ {extra:.2f} s of service and setup (goal ≤ 5 s)"
         )
     if get := results.get("get_job"):
