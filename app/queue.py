@@ -14,7 +14,14 @@ log = logging.getLogger(__name__)
 
 def celery_config() -> dict[str, Any]:
     """Settings both sides must agree on: JSON only, and a redelivery timeout longer than any job."""
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    timeout = settings.visibility_timeout_s
+    transport = {
+        "visibility_timeout": timeout,
+        # kombu sweeps for expired unacked messages every interval × throttle seconds (100 s by default):
+        # scale the sweep to the timeout so a short timeout really redelivers within about a fifth of it.
+        "unacked_restore_interval": max(1, min(10, timeout // 5)),
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,

@@ -80,12 +80,12 @@ def list_files(
     session: Session, caller: Caller, after: str | None, limit: int, order: str, purpose: str | None
 ) -> ListObject[FileObject]:
     """The caller's datasets, newest first unless order=asc; every one has purpose `fine-tune`."""
+    anchor = get_file(session, caller, after) if after else None  # someone else's id is a 404, whatever else
     if purpose not in (None, "fine-tune"):
         return ListObject[FileObject].page([], False)
     newest_first = order == "desc"
     query = select(Dataset).where(Dataset.tenant == caller.tenant)
-    if after:
-        anchor = get_file(session, caller, after)
+    if anchor is not None:
         position = tuple_(Dataset.created_at, Dataset.id)
         anchor_position = (anchor.created_at, anchor.id)
         query = query.where(position < anchor_position if newest_first else position > anchor_position)

@@ -46,8 +46,24 @@ def chaos(tiny_model: Path, session_dir: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def dataset(chaos: Stack) -> dict:
-    return chaos.upload("quotes.jsonl", quotes_jsonl())
+def dataset(chaos: Stack) -> Iterator[dict]:
+    yield chaos.upload("quotes.jsonl", quotes_jsonl())
+    for name in [n for n in chaos.local.processes if n.startswith("worker")]:
+        chaos.local.stop_process(name)  # a failed test must not leave its worker to take the next test's job
+
+
+def _wait_attempt(stack: Stack, job_id: str, attempt: int, timeout: float = 60) -> dict:
+    """Wait until `attempt` has claimed the job. Polling for `queued` would race: a requeued job is
+    picked up again within milliseconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = stack.client.get(f"/jobs/{job_id}").json()
+        if job["attempts"] >= attempt and job["status"] == "running" and job["worker"]:
+            return job
+        if job["status"] not in ("queued", "running"):
+            raise AssertionError(f"job {job_id} ended {job['status']} before attempt {attempt}: {job['error']}")
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not start attempt {attempt} within {timeout}s")
 
 
 def _submit(stack: Stack, dataset: dict, **training: object) -> dict:
@@ -124,13 +140,10 @@ def test_child_killed_by_oom_killer_is_retried_then_failed(chaos: Stack, dataset
     chaos.local.start_worker()
     job = _submit(chaos, dataset, max_steps=400)
     for attempt in (1, 2, 3):
-        running = chaos.wait(job["id"], until={"running"}, timeout=60)
+        running = _wait_attempt(chaos, job["id"], attempt)
         assert running["attempts"] == attempt
-        _wait_step(chaos, job["id"], 2)
-        child_pid = int(chaos.client.get(f"/jobs/{job['id']}").json()["worker"].rsplit(":", 1)[1])
+        child_pid = int(running["worker"].rsplit(":", 1)[1])
         os.kill(child_pid, signal.SIGKILL)  # what the kernel's OOM killer does to the training process
-        if attempt < 3:
-            chaos.wait(job["id"], until={"queued"}, timeout=30)
     failed = chaos.wait(job["id"], timeout=30)
     assert failed["status"] == "failed" and failed["error"]["type"] == "worker_lost"
     assert "3 attempts" in failed["error"]["message"]
@@ -187,13 +200,13 @@ def test_redelivered_message_never_starts_a_second_copy(chaos: Stack, dataset: d
     """Two workers; the job outlives the broker's visibility timeout, so Redis hands its message out again."""
     chaos.local.start_worker("worker-a")
     chaos.local.start_worker("worker-b")
-    job = _submit(chaos, dataset, max_steps=60)
+    job = _submit(chaos, dataset, max_steps=150)  # ~9 s on an idle 2-core box: well past the 5 s timeout
     done = chaos.wait(job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1
     logs = "".join((chaos.local.log_dir / f"{n}.log").read_text() for n in ("worker-a", "worker-b"))
     assert len(re.findall(rf"job {job['id']}: attempt \d", logs)) == 1
     assert f"job {job['id']} is not claimable" in logs, "the message was redelivered and refused"
-    _assert_complete_curve(chaos, job["id"], 60)
+    _assert_complete_curve(chaos, job["id"], 150)
     chaos.local.stop_process("worker-a")
     chaos.local.stop_process("worker-b")
 
