@@ -129,7 +129,12 @@ def test_method_trains_saves_and_reloads(
     plain = _logits(base, ids)
     reloaded = PeftModel.from_pretrained(base, adapter_dir).eval()
     again = _logits(reloaded, ids)
-    assert torch.allclose(again, _logits(trained, ids), atol=1e-4), "the reloaded adapter is not the trained one"
+    # On a CPU with bf16 units (and on a GPU) TRL trains a quantized model's LoRA weights in bf16, and PEFT
+    # reloads them upcast to fp32: compare at the reloaded precision (the bf16 values upcast exactly).
+    for param in trained.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+    assert torch.allclose(again, _logits(trained, ids), atol=5e-4), "the reloaded adapter is not the trained one"
     assert not torch.allclose(again, plain, atol=1e-4), "the adapter must change the model's outputs"
 
 
