@@ -2,7 +2,7 @@
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +30,21 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and progress events.")
     models_dir: Path | None = Field(None, description="Local base models; default: data_dir/models.")
 
+    # Where files live across machines (app/storage/, docs/operations.md "Storage"); data_dir is then a local cache.
+    storage_backend: Literal["local", "s3"] = Field(
+        "local", description="`local`: data_dir is the store (one disk or shared volume); `s3`: an S3-style bucket."
+    )
+    s3_bucket: str | None = Field(None, description="The bucket (FT_STORAGE_BACKEND=s3); credentials: AWS_* env vars.")
+    s3_prefix: str = Field("", description="A key prefix inside the bucket, e.g. `finetune/`; empty: the bucket root.")
+    s3_endpoint_url: str | None = Field(
+        None, description="The S3 API's URL for MinIO, Ceph and others, e.g. `http://minio:9000`; unset: AWS S3."
+    )
+    s3_region: str | None = Field(None, description="The bucket's region; unset: boto3's default (AWS_REGION).")
+    s3_presign_downloads: bool = Field(
+        False, description="Artifact downloads answer 307 to a presigned bucket URL; false: the API streams them."
+    )
+    s3_presign_expiry_s: int = Field(3600, ge=1, description="How long a presigned download URL stays valid.")
+
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest dataset upload accepted (413 above).")
     # Quotas, bounds and rate limits per tenant (app/limits.py, docs/security.md); 0 allows none.
     max_request_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest non-upload request body (413).")
@@ -54,6 +69,12 @@ class Settings(BaseSettings):
     )
     inference_timeout_s: float = Field(
         120, gt=0, description="How long POST /jobs/{id}/predict waits for a worker's answer before a 504."
+    )
+    inference_stale_after_s: float = Field(
+        300,
+        gt=0,
+        description="A running export or on-demand evaluation whose worker has not heartbeaten (every "
+        "FT_HEARTBEAT_SECONDS) for this long is failed by the API's sweep (app/reaper.py): its worker died.",
     )
     visibility_timeout_s: int = Field(
         12 * 3600, description="Redis redelivers an unacked task after this long: longer than any job."
@@ -83,6 +104,13 @@ class Settings(BaseSettings):
     )
     worker_gpu_memory_gb: float | None = Field(
         None, ge=0, description="Every worker's GPU memory in GiB when FT_FLEET_GPUS is unset; 0: CPU-only workers."
+    )
+    worker_gpus: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="On a worker: the GPUs it trains one job on (routes multi-GPU jobs to it); default: the CUDA GPUs "
+        "torch sees, else 1 (one CPU slot; e.g. 2 lets a CPU box run 2-process jobs).",
     )
     # Retention (app/retention.py): a sweep in each API process removes what these say has expired.
     retention_sweep_every_seconds: float = Field(3600, ge=0, description="How often the sweep runs; 0: never.")

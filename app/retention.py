@@ -5,6 +5,7 @@ it keeps a job's newest FT_RETENTION_KEEP_LAST_CHECKPOINTS packed checkpoints, d
 checkpoints (FT_RETENTION_DELETE_CHECKPOINTS_ON_SUCCESS), expires finished jobs' artifacts and unused datasets
 (FT_RETENTION_ARTIFACT_DAYS, FT_RETENTION_DATASET_DAYS), and removes directories no row owns. Each removal is
 one row deleted by id before its file, so replicas sweeping at once remove each thing once; all are logged.
+Files are removed from the store (app/storage/: FT_DATA_DIR, or the S3 bucket and this machine's copy).
 """
 
 import logging
@@ -23,6 +24,7 @@ from app import events, storage
 from app.config import settings
 from app.errors import Conflict
 from app.models import Artifact, Dataset, Job, utcnow
+from app.storage import tree_size
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running", "cancelling")
@@ -37,12 +39,6 @@ class DeletedPublic(BaseModel):
     cancelled: bool = False  # a queued or running job was cancelled first
     kept_metrics: bool = False  # the job's record and metrics stay; only its files went
     freed_bytes: int
-
-
-def tree_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def remove_tree(path: Path) -> int:
@@ -107,7 +103,7 @@ def _remove_artifact(session: Session, artifact_id: int, path: str, why: str, jo
     session.commit()
     if not won:
         return 0  # another replica's sweep removed it
-    freed = remove_tree(storage.resolve(path))
+    freed = storage.remove(path)
     log.warning("retention: removed %s of job %s (%d bytes): %s", name, job_id, freed, why)
     return freed
 
@@ -147,7 +143,7 @@ def _sweep_artifacts(session: Session, now: datetime) -> int:
         session.execute(delete(Artifact).where(Artifact.job_id == job_id))
         session.commit()
         if won:
-            size = remove_tree(storage.job_dir(job_id))
+            size = storage.remove(storage.job_prefix(job_id))
             freed += size
             log.warning(
                 "retention: removed the artifacts of job %s (%d bytes): finished before %s", job_id, size, cutoff
@@ -167,7 +163,7 @@ def _sweep_datasets(session: Session, now: datetime) -> int:
         except Conflict:
             session.rollback()
             continue  # in use: expires once its jobs are done
-        size = remove_tree(storage.dataset_dir(dataset.id))
+        size = storage.remove(storage.dataset_prefix(dataset.id))
         freed += size
         log.warning("retention: removed dataset %s (%d bytes): created before %s", dataset.id, size, cutoff)
     return freed

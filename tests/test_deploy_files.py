@@ -49,7 +49,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_compose_services() -> None:
     services = _services()
-    assert {"postgres", "redis", "api", "worker"} <= services.keys()
+    assert {"postgres", "redis", "minio", "minio-init", "api", "worker"} <= services.keys()
     assert services["postgres"]["image"].startswith("postgres:")
     assert "--appendonly yes" in _command(services["redis"])
     assert services["redis"]["volumes"]
@@ -63,16 +63,29 @@ def test_compose_services() -> None:
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
 
 
-def test_api_and_worker_share_the_data_volume() -> None:
+def test_api_and_workers_share_files_through_minio_not_a_disk() -> None:
     services = _services()
-    mounts = [{v.split(":")[0]: v.split(":")[1] for v in services[s]["volumes"]} for s in ("api", "worker")]
-    shared = mounts[0].keys() & mounts[1].keys()
-    assert shared, "api and worker must share a named volume"
-    for name in ("api", "worker"):
-        env = services[name]["environment"]
-        assert env["FT_DATA_DIR"] in {mounts[0][v] for v in shared}
+    assert services["minio"]["image"].startswith("minio/minio")
+    init = services["minio-init"]
+    assert init["image"].startswith("minio/mc")
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["minio"]["volumes"] and services["minio"]["healthcheck"]
+    assert services["api"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+    scratch = set()
+    for name in ("api", "worker", "inference-worker"):
+        service = services[name]
+        env = service["environment"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        assert env["FT_DATA_DIR"] in mounts, f"{name}: FT_DATA_DIR (its scratch) must be on a volume"
+        scratch.add(mounts[env["FT_DATA_DIR"]])
+        assert env["FT_STORAGE_BACKEND"] == "s3"
+        assert env["FT_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert f"ft/{env['FT_S3_BUCKET']}" in " ".join(init["entrypoint"]), "minio-init creates the bucket used"
+        assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
         assert env["FT_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["FT_REDIS_URL"].startswith("redis://redis:")
+    assert len(scratch) == 3, "no shared disk: each process has its own scratch volume"
 
 
 def test_dockerfile_stages() -> None:

@@ -170,7 +170,7 @@ def run_generation(call_id: str, job_id: str, request: dict[str, Any]) -> str:
     try:
         with session_scope() as session:
             spec = JobSpec.model_validate(session.get(Job, job_id).spec)
-        model, tokenizer = load_for_inference(spec, storage.job_dir(job_id) / "adapter")
+        model, tokenizer = load_for_inference(spec, storage.local_adapter_dir(job_id))
         sampling = Sampling(**{k: request[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
         results = side_by_side(spec, model, tokenizer, request["prompts"], sampling)
     except (TrainingError, shared.RowError) as exc:

@@ -14,11 +14,12 @@ from app.db import session_scope
 from worker import record
 from worker.artifacts import pack_directory
 from worker.drain import is_draining
+from worker.resume import save_resumable
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 0.5
 STATUS_POLL_EVERY_S = 5.0
-CHECKPOINT_FILES = ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json")
+CHECKPOINT_FILES = ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "labels.json")
 
 
 class JobReporter:
@@ -64,9 +65,12 @@ class JobReporter:
         return is_draining()
 
     def checkpoint(self, step: int, path: Path) -> None:
-        """Pack the checkpoint's adapter for download and record it (its optimizer state stays for resuming)."""
+        """Pack the checkpoint's adapter for download and record it; its optimizer state stays for resuming
+        (and goes to the object store too, for a resume on another machine: worker/resume.py)."""
         dest = storage.job_dir(self.job_id) / "checkpoints" / f"checkpoint-{step}.tar.gz"
         size, sha = pack_directory(path, dest, only=CHECKPOINT_FILES)
+        storage.publish(dest)
+        save_resumable(self.job_id, step, path)
         with session_scope() as session:
             record.add_artifact(
                 session,

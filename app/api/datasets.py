@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from pydantic import BaseModel
 
-from app import retention, storage
+from app import storage
 from app.api import datasets_service
 from app.auth import CallerDep, SessionDep
 from app.limits import LIMITED, UploadRate
@@ -84,5 +84,5 @@ def delete_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> D
     """Delete the dataset and its stored rows; 409 while a queued or running job uses it."""
     dataset = datasets_service.delete_dataset(session, caller, dataset_id)
     session.commit()  # the record goes first: a failure after it leaves files the sweep removes, never a dangling row
-    freed = retention.remove_tree(storage.dataset_dir(dataset.id))
+    freed = storage.remove(storage.dataset_prefix(dataset.id))
     return DeletedPublic(id=dataset.id, object="dataset", freed_bytes=freed)

@@ -72,6 +72,7 @@ def create_dataset(
         final = storage.dataset_dir(dataset.id)
         shutil.rmtree(final, ignore_errors=True)
         staged.rename(final)
+        storage.publish(storage.dataset_rows_path(dataset.id))  # the store every worker fetches it from
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -97,7 +98,7 @@ def _stage_rows(rows: list[dict]) -> Path:
 def read_rows(dataset_id: str, limit: int | None = None) -> list[dict[str, Any]]:
     """A stored dataset's rows (the normalised JSONL every worker reads), the first `limit` of them if given."""
     rows: list[dict[str, Any]] = []
-    with storage.dataset_rows_path(dataset_id).open(encoding="utf-8") as fh:
+    with storage.cached_dataset(dataset_id).open(encoding="utf-8") as fh:
         for line in fh:
             if limit is not None and len(rows) >= limit:
                 break

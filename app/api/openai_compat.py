@@ -7,10 +7,11 @@ Same keys, tenants, datasets and jobs as the rest of the API; errors under /v1 c
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from app import storage
 from app.api import jobs_service, openai_events, openai_service
+from app.api.downloads import stored_file_response
 from app.api.openai_schemas import (
     CheckpointObject,
     EventObject,
@@ -62,10 +63,10 @@ def retrieve_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileO
     response_class=FileResponse,
     responses={200: {"content": {"application/jsonl": {}}, "description": "The rows, one JSON object a line."}},
 )
-def file_content(file_id: str, caller: CallerDep, session: SessionDep) -> FileResponse:
+def file_content(file_id: str, caller: CallerDep, session: SessionDep) -> Response:
     """The rows as stored: JSON Lines, whatever format was uploaded."""
     dataset = openai_service.get_file(session, caller, file_id)
-    return FileResponse(storage.dataset_rows_path(dataset.id), media_type="application/jsonl")
+    return stored_file_response(storage.relative(storage.dataset_rows_path(dataset.id)), media_type="application/jsonl")
 
 
 @router.post("/fine_tuning/jobs", response_model=FineTuningJobObject, dependencies=[SubmitRate], responses=LIMITED)

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from app import storage
 from app.auth import CallerDep, SessionDep, listing_tenant
 from app.models import Artifact, Dataset, Job, utcnow
-from app.retention import tree_size
 
 router = APIRouter(tags=["usage"])
 ARTIFACT_KINDS = {"checkpoint": "checkpoints", "adapter": "adapters", "merged": "merged"}
@@ -64,7 +63,7 @@ def usage(session: Session, tenant: str | None) -> UsagePublic:
     dataset_ids = list(session.scalars(datasets))
     by_kind = {ARTIFACT_KINDS.get(kind, kind): int(size) for kind, size in session.execute(artifacts)}
     stored = {
-        "datasets": sum(tree_size(storage.dataset_dir(d)) for d in dataset_ids),
+        "datasets": sum(storage.store().size_of_prefix(storage.dataset_prefix(d)) for d in dataset_ids),
         **{name: by_kind.get(name, 0) for name in ARTIFACT_KINDS.values()},
     }
     by_status = {status: count for status, count in session.execute(jobs)}
