@@ -179,12 +179,14 @@ def jobs_list(
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = "",
 ) -> None:
-    """Your jobs, newest first: id, status, step/total, latest loss, name."""
+    """Your jobs, newest first: id, status, step/total (a queued job: its place in line), latest loss, name."""
     params = {"limit": limit, **({"status": status} if status else {})}
     with _client(api_url, api_key) as client:
         for job in _check(client.get("/jobs", params=params))["data"]:
             progress, loss = job["progress"], job["latest"]["loss"]
             steps = f"{progress['step']}/{progress['total_steps'] or '?'}"
+            if job.get("queue_position"):
+                steps = f"#{job['queue_position']} in line"
             loss_text = f"{loss:.4f}" if loss is not None else "-"
             typer.echo(f"{job['id']}  {job['status']:<10} {steps:>11}  loss {loss_text:<8} {job['name'] or ''}")
 

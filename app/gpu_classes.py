@@ -46,9 +46,21 @@ ALIASES = {"a100": "A100-80GB", "a100-40": "A100-40GB", "a100-80": "A100-80GB", 
 
 
 @dataclass(frozen=True)
+class Machine:
+    """One kind of worker machine in FT_FLEET_GPUS: its GPU class and how many of them one machine has."""
+
+    gpu: GpuClass
+    gpus: int = 1  # on a CPU machine: the processes one job may spread over (gloo)
+
+    def describe(self) -> str:
+        return f"{self.gpu.name}*{self.gpus}" if self.gpus > 1 else self.gpu.name
+
+
+@dataclass(frozen=True)
 class Fleet:
     classes: tuple[GpuClass, ...]
     source: str  # how the fleet was known, shown in every estimate
+    machines: tuple[Machine, ...] = ()  # declared with FT_FLEET_GPUS; empty: not known
 
     @property
     def cpu_only(self) -> bool:
@@ -68,25 +80,39 @@ def nearest_by_memory(memory_gib: float, name: str) -> GpuClass:
     return GpuClass(name, memory_gib, like.compute, like.bandwidth)
 
 
+def _parse_machine(item: str) -> Machine:
+    described, star, count = item.partition("*")
+    name, _, memory = described.partition(":")
+    if star and not (count.strip().isdigit() and 1 <= int(count) <= 64):
+        raise ValueError(f"FT_FLEET_GPUS: {item!r}: the count after `*` must be 1 to 64 GPUs per machine")
+    gpus = int(count) if star else 1
+    if memory:
+        try:
+            return Machine(nearest_by_memory(float(memory), name.strip()), gpus)
+        except ValueError:
+            raise ValueError(f"FT_FLEET_GPUS: {item!r}: the memory after `:` must be a number of GiB") from None
+    if (known := find_class(name)) is not None:
+        return Machine(known, gpus)
+    names = ", ".join(c.name for c in KNOWN)
+    raise ValueError(f"FT_FLEET_GPUS: unknown GPU class {name!r} (known: {names}, cpu; or NAME:GIB)")
+
+
+def parse_machines(value: str) -> tuple[Machine, ...]:
+    """`A100-80GB*4,A10,RTX4090:24*2,cpu*2` -> one Machine per item: class (`NAME:GIB` for one the table does not
+    know) and GPUs per machine (`*N`, default 1)."""
+    return tuple(_parse_machine(item) for item in filter(None, (part.strip() for part in value.split(","))))
+
+
 def parse_fleet(value: str) -> tuple[GpuClass, ...]:
-    """`A10,A100-80GB,RTX4090:24,cpu` -> classes; `NAME:GIB` is a GPU the table does not know."""
-    classes = []
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        name, _, memory = item.partition(":")
-        if memory:
-            classes.append(nearest_by_memory(float(memory), name.strip()))
-        elif (known := find_class(name)) is not None:
-            classes.append(known)
-        else:
-            names = ", ".join(c.name for c in KNOWN)
-            raise ValueError(f"FT_FLEET_GPUS: unknown GPU class {name!r} (known: {names}, cpu; or NAME:GIB)")
-    return tuple(classes)
+    """The GPU classes of FT_FLEET_GPUS, e.g. `A10,A100-80GB*4,RTX4090:24,cpu`; see parse_machines."""
+    return tuple(machine.gpu for machine in parse_machines(value))
 
 
 def fleet() -> Fleet:
     """FT_FLEET_GPUS, else FT_WORKER_GPU_MEMORY_GB (every worker's GPU), else every known class."""
     if settings.fleet_gpus.strip():
-        return Fleet(parse_fleet(settings.fleet_gpus), "FT_FLEET_GPUS")
+        machines = parse_machines(settings.fleet_gpus)
+        return Fleet(tuple(m.gpu for m in machines), "FT_FLEET_GPUS", machines)
     if settings.worker_gpu_memory_gb is not None:
         if settings.worker_gpu_memory_gb <= 0:
             return Fleet((CPU,), "FT_WORKER_GPU_MEMORY_GB=0: CPU-only workers")

@@ -65,6 +65,7 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_status_queue_priority", "status", "queue", "priority", "created_at"),  # queue_position
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -91,6 +92,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where the job waits (app/queue.py routing) and its spec priority: denormalised for queue_position.
+    queue: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     # What the job ran with (data and format hashes, library versions, device, seed): app/lineage.py.
@@ -149,4 +153,27 @@ class Export(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, succeeded, failed
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by the worker while it runs; app/reaper.py fails a `running` export whose heartbeat went stale.
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Evaluation(Base):
+    """An on-demand base-vs-adapter evaluation of a job (POST /jobs/{id}/evaluations), run on a worker."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ev"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # The caller's dataset evaluated on; None: the job's validation dataset or held-out eval split. No foreign
+    # key: deleting the dataset later keeps the evaluation's record.
+    dataset_id: Mapped[str | None] = mapped_column(String(40))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)  # max_examples, include_base, max_new_tokens
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, succeeded, failed
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # worker/evaluation.py's compare() record
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -15,9 +15,8 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import events
+from app import events, queue
 from app.auth import CallerDep, SessionDep
-from app.config import settings
 from app.models import Job, MetricPoint
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
@@ -61,7 +60,7 @@ def job_stats(session: Session, tenant: str | None = None) -> JobStats:
     )
     stats.tokens_trained = session.scalar(tokens) or 0
     try:
-        stats.broker_queue_length = int(events.redis_client().llen(settings.training_queue))
+        stats.broker_queue_length = queue.broker_queue_length(events.redis_client())
     except Exception:  # Redis down: say nothing rather than 0
         stats.broker_queue_length = None
     return stats

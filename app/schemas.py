@@ -76,9 +76,12 @@ class JobPublic(BaseModel):
     evaluation: dict[str, Any] | None = None  # base vs adapter (training.evaluate_base)
     estimate: dict[str, Any] | None = None  # memory, time, GPU-hours at submission: app/api/estimate_service.py
     artifacts_deleted_at: UtcDatetime | None = None  # files removed by DELETE ?keep_metrics=true or retention
+    priority: int = 0  # the spec's priority, 0 to 9 (higher starts first)
+    queue: str | None = None  # the broker queue it waits in: which workers can take it (docs/operations.md, Fleet)
+    queue_position: int | None = None  # while queued: 1 = the next its queue hands to a worker
 
     @classmethod
-    def of(cls, job: Job) -> "JobPublic":
+    def of(cls, job: Job, queue_position: int | None = None) -> "JobPublic":
         return cls(
             id=job.id,
             tenant=job.tenant,
@@ -99,6 +102,9 @@ class JobPublic(BaseModel):
             evaluation=job.evaluation,
             estimate=job.estimate,
             artifacts_deleted_at=job.artifacts_deleted_at,
+            priority=job.priority or 0,
+            queue=job.queue,
+            queue_position=queue_position,
         )
 
 

@@ -246,6 +246,17 @@ class Training(StrictModel):
     )
 
 
+class Resources(StrictModel):
+    """What one machine must have to run the job; the API routes the job to workers that have it."""
+
+    gpus: int = Field(
+        1, ge=1, le=64, description="GPUs on one machine the job trains on (one process each; on a CPU worker: slots)."
+    )
+    min_gpu_memory_gb: float | None = Field(
+        None, gt=0, le=4096, description="Least memory each of those GPUs must have, in GiB; null: any GPU."
+    )
+
+
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
@@ -276,6 +287,14 @@ class JobSpec(StrictModel):
         "`ia3`, `prefix_tuning`, `prompt_tuning`, `p_tuning`; see docs/methods.md.",
     )
     training: Training = Field(default_factory=Training, description="The optimisation loop.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="GPUs per machine and GPU memory the job needs; it waits for a worker that has them "
+        "(docs/operations.md, Fleet).",
+    )
+    priority: int = Field(
+        0, ge=0, le=9, description="0 to 9: among queued jobs a worker could run, a higher priority starts first."
+    )
     metadata: Metadata | None = Field(
         None, description="Up to 16 string labels (keys up to 64 characters, values up to 512), as in OpenAI's API."
     )

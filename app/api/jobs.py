@@ -4,13 +4,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 
 from app import retention, storage
 from app.api import jobs_service
+from app.api.downloads import stored_file_response
 from app.auth import CallerDep, SessionDep
 from app.limits import LIMITED, SubmitRate
 from app.lineage import clone_spec
-from app.models import Artifact
+from app.models import Artifact, Job
 from app.queue import enqueue_training
 from app.retention import DeletedPublic
 from app.schemas import (
@@ -24,6 +26,10 @@ from app.webhooks import notify_job_finished
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+def _public(session: Session, job: Job) -> JobPublic:
+    return JobPublic.of(job, jobs_service.queue_position(session, job))
 
 
 @router.post(
@@ -46,7 +52,7 @@ def submit_job(
         jobs_service.mark_enqueued(session, job)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobPublic.of(job)
+    return _public(session, job)
 
 
 @router.get("", response_model=JobsPublic)
@@ -59,12 +65,12 @@ def list_jobs(
     tenant: Annotated[str | None, Query(max_length=200, description="Admin keys: another tenant, or `*`.")] = None,
 ) -> JobsPublic:
     jobs, next_cursor = jobs_service.list_jobs(session, caller, status, limit, cursor, tenant)
-    return JobsPublic(data=[JobPublic.of(j) for j in jobs], next_cursor=next_cursor)
+    return JobsPublic(data=[_public(session, j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
-    return JobPublic.of(jobs_service.get_job(session, caller, job_id))
+    return _public(session, jobs_service.get_job(session, caller, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
@@ -85,7 +91,7 @@ def delete_job(
     """Cancel the job if it has not ended, then remove its checkpoints and artifacts, and its record and metrics."""
     job, cancelled = jobs_service.delete_job(session, caller, job_id, keep_metrics)
     session.commit()
-    freed = retention.remove_tree(storage.job_dir(job.id))
+    freed = storage.remove(storage.job_prefix(job.id))
     if not keep_metrics:
         retention.forget_events(job.id)
     return DeletedPublic(id=job.id, object="job", cancelled=cancelled, kept_metrics=keep_metrics, freed_bytes=freed)
@@ -104,7 +110,7 @@ def clone_job(
     session.commit()
     if enqueue_training(job.id):
         jobs_service.mark_enqueued(session, job)
-    return JobPublic.of(job)
+    return _public(session, job)
 
 
 def _artifacts(request: Request, job_id: str, artifacts: list[Artifact]) -> ArtifactsPublic:
@@ -143,11 +149,12 @@ def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, reques
     name="download_artifact",
     responses={200: {"content": {"application/gzip": {}}, "description": "The artifact as a .tar.gz."}},
 )
-def download_artifact(job_id: str, name: str, caller: CallerDep, session: SessionDep) -> FileResponse:
+def download_artifact(job_id: str, name: str, caller: CallerDep, session: SessionDep) -> Response:
+    """The artifact's bytes, or with FT_S3_PRESIGN_DOWNLOADS a 307 to a presigned URL of the object store."""
     job = jobs_service.get_job(session, caller, job_id)
-    artifact, path = jobs_service.artifact_file(session, job, name)
-    return FileResponse(
-        path,
+    artifact, key = jobs_service.artifact_file(session, job, name)
+    return stored_file_response(
+        key,
         media_type="application/gzip",
         filename=f"{job.id}-{artifact.name}.tar.gz",
         headers={"X-Content-SHA256": artifact.sha256},

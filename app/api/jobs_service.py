@@ -4,9 +4,8 @@ import base64
 import logging
 import re
 from datetime import datetime
-from pathlib import Path
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,6 +16,7 @@ from app.data_checks import ValidationReport
 from app.errors import Conflict, Invalid, NotFound
 from app.models import Artifact, Job, utcnow
 from app.prequantized import check_prequantized_base
+from app.queue import fleet_refusal, training_queue_for
 from app.spec import JobSpec
 from app.webhooks import notify_job_finished
 
@@ -30,10 +30,18 @@ def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> Vali
 
     A GPTQ/AWQ base is checked first: a second quantization is refused, a default one becomes null.
     """
+    check_fleet_fits(spec)
     check_prequantized_base(spec)
     report = validate_service.check_job_spec(session, caller, spec)
     validate_service.enforce(report)
     return report
+
+
+def check_fleet_fits(spec: JobSpec) -> None:
+    """422 for a job no machine of the declared fleet could ever run (too many GPUs, too much GPU memory)."""
+    if (refusal := fleet_refusal(spec.resources)) is not None:
+        field, message = refusal
+        raise Invalid(message, extra={"problems": [{"field": field, "message": message}]})
 
 
 def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -55,6 +63,8 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         dataset_id=spec.dataset if isinstance(spec.dataset, str) else None,
         idempotency_key=idempotency_key,
         estimate=estimate_service.stored_estimate(report),
+        queue=training_queue_for(spec.resources),
+        priority=spec.priority,
     )
     session.add(job)
     try:
@@ -88,6 +98,23 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     if job is None or not can_see(caller, job.tenant):
         raise NotFound(f"job {job_id!r} not found; list yours with GET /jobs")
     return job
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1 for the next job its queue hands out: queued jobs in the same queue with a higher priority, or the same
+    priority and created earlier, are ahead. None unless queued."""
+    if job.status != "queued":
+        return None
+    same_priority_earlier = and_(
+        Job.priority == job.priority,
+        or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
+    )
+    ahead = select(func.count()).where(
+        Job.status == "queued",
+        Job.queue.is_(None) if job.queue is None else Job.queue == job.queue,
+        or_(Job.priority > job.priority, same_priority_earlier),
+    )
+    return 1 + (session.scalar(ahead) or 0)
 
 
 def _encode_cursor(job: Job) -> str:
@@ -161,7 +188,8 @@ def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[
     return list(session.scalars(query.order_by(Artifact.created_at, Artifact.name)))
 
 
-def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, Path]:
+def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, str]:
+    """The job's artifact called `name` and its storage key; 409 when its file is gone from the store."""
     artifact = None
     if ARTIFACT_NAME.fullmatch(name):  # names reach SQL and file names; anything else is no artifact of ours
         artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
@@ -174,7 +202,6 @@ def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, Path
         if name == "adapter":
             raise Conflict(f"job {job.id} is {job.status}: the adapter exists once the job has succeeded")
         raise NotFound(f"job {job.id} has no artifact {name!r}; see GET /jobs/{job.id}/artifacts")
-    path = storage.resolve(artifact.path)
-    if not path.is_file():
+    if not storage.store().exists(artifact.path):
         raise Conflict(f"artifact {name!r} of job {job.id} is recorded but its file is missing from storage")
-    return artifact, path
+    return artifact, artifact.path
