@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from app.api import (
     admin,
     datasets,
+    evaluations,
     events,
     exports,
     generate,
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     app.include_router(generate.router)
     app.include_router(predict.router)
     app.include_router(exports.router)
+    app.include_router(evaluations.router)
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(openai_compat.router)

@@ -18,6 +18,7 @@ from app import events
 from app.config import settings
 from app.models import Job, utcnow
 from app.queue import enqueue_training
+from app.reaper import reap_once
 from app.webhooks import notify_job_finished
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def reconcile_once(make_session: sessionmaker) -> None:
             notify_job_finished(job_id, session)  # their workers are gone and cannot send the webhook
         _resend_unsent(session)
         session.commit()
+    reap_once(make_session)  # exports and evaluations whose worker died: failed (app/reaper.py)
 
 
 class Reconciler(threading.Thread):

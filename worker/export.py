@@ -14,8 +14,9 @@ from sqlalchemy import update
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app import storage
-from app.db import session_scope
+from app.db import SessionLocal, session_scope
 from app.models import Export, Job, utcnow
+from app.reaper import heartbeat
 from app.spec import JobSpec
 from worker import record
 from worker.artifacts import pack_directory
@@ -49,7 +50,9 @@ def merge_adapter(spec: JobSpec, adapter_dir: Path, out_dir: Path) -> Path:
 def _claim(export_id: str) -> tuple[str, JobSpec] | None:
     with session_scope() as session:
         claimed = session.execute(
-            update(Export).where(Export.id == export_id, Export.status == "queued").values(status="running")
+            update(Export)
+            .where(Export.id == export_id, Export.status == "queued")
+            .values(status="running", started_at=utcnow(), heartbeat_at=utcnow())
         )
         if claimed.rowcount != 1:
             return None
@@ -75,8 +78,10 @@ def run_export(export_id: str) -> str:
     job_id, spec = claimed
     job_dir = storage.job_dir(job_id)
     try:
-        merged = merge_adapter(spec, job_dir / "adapter", job_dir / "merged")
-        size, sha = pack_directory(merged, job_dir / "merged.tar.gz")
+        with heartbeat(SessionLocal, Export, export_id):  # a worker that dies here is reaped by the API
+            merged = merge_adapter(spec, storage.local_adapter_dir(job_id), job_dir / "merged")
+            size, sha = pack_directory(merged, job_dir / "merged.tar.gz")
+            storage.publish(job_dir / "merged.tar.gz")
     except TrainingError as exc:
         _finish(export_id, "failed", exc.message)
         return "failed"

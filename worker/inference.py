@@ -1,4 +1,6 @@
-"""POST /jobs/{id}/predict on a worker: a classification job's adapter labels texts; the answer goes to the call.
+"""Requests answered on a worker: POST /jobs/{id}/predict (a classifier labels texts) and /evaluations.
+
+Predict: a classification job's adapter labels texts; the answer goes to the call.
 
 The API records the call and waits on it (app/worker_calls.py, shared with generate and exports). Loaded models
 stay in a small LRU cache keyed by job and adapter checksum, so only a job's first request pays for loading. That
@@ -9,13 +11,23 @@ needs the tasks to run in the worker process itself: start the inference worker 
 import logging
 import shutil
 import tarfile
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from app import storage, worker_calls
+from app.api.evaluations_service import EVALUATE_TASK
+from app.db import SessionLocal, session_scope
+from app.models import Evaluation, Job, utcnow
+from app.reaper import heartbeat
 from app.spec import JobSpec
+from worker import evaluation
+from worker.celery_app import app
+from worker.training import data
 from worker.training.classifier import LABELS_FILE, TrainedClassifier
 from worker.training.errors import TrainingError
 
@@ -68,7 +80,7 @@ def predict(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
     def load() -> TrainedClassifier:
         log.info("loading job %s's classifier (adapter %s on %s)", job_id, sha256[:12], spec.base_model)
-        return TrainedClassifier(spec, unpacked_adapter(job_id, storage.resolve(payload["adapter"]), sha256))
+        return TrainedClassifier(spec, unpacked_adapter(job_id, storage.cached(payload["adapter"]), sha256))
 
     return _classifiers.get((job_id, sha256), load).predict(list(payload["texts"]))
 
@@ -89,3 +101,78 @@ def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
         return "failed"
     worker_calls.finish(call_id, "succeeded", results=predictions)
     return "succeeded"
+
+
+# --- POST /jobs/{id}/evaluations: base vs adapter, on demand ---
+
+
+def _claim_evaluation(evaluation_id: str) -> tuple[str, JobSpec, str | None, dict[str, Any]] | None:
+    with session_scope() as session:
+        claimed = session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id, Evaluation.status == "queued")
+            .values(status="running", started_at=utcnow(), heartbeat_at=utcnow())
+        )
+        if claimed.rowcount != 1:
+            return None
+        row = session.get(Evaluation, evaluation_id)
+        job = session.get(Job, row.job_id)
+        return job.id, JobSpec.model_validate(job.spec), row.dataset_id, dict(row.options)
+
+
+def _finish_evaluation(evaluation_id: str, status: str, result: Any = None, message: str | None = None) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id)
+            .values(status=status, result=result, error_message=message, finished_at=utcnow())
+        )
+
+
+def _evaluation_rows(spec: JobSpec, dataset_id: str | None) -> list[dict[str, Any]]:
+    """The named dataset's rows, else the job's own eval rows (validation dataset or held-out split)."""
+    if dataset_id is None:
+
+        def stored(ref: object) -> Path | None:
+            return storage.cached_dataset(ref) if isinstance(ref, str) else None
+
+        return evaluation.eval_rows(spec, stored(spec.dataset), stored(spec.validation_dataset))
+    path = storage.cached_dataset(dataset_id)
+    if not path.is_file():
+        raise TrainingError("dataset_error", f"dataset {dataset_id} was deleted before the evaluation ran")
+    return data.read_rows(path)
+
+
+def run_evaluation(evaluation_id: str) -> str:
+    """Claim a queued evaluation, measure base vs adapter, store the result; returns the final status."""
+    claimed = _claim_evaluation(evaluation_id)
+    if claimed is None:
+        return "skipped"  # a redelivered message, or an evaluation already done or reaped
+    job_id, spec, dataset_id, options = claimed
+    try:
+        with heartbeat(SessionLocal, Evaluation, evaluation_id), tempfile.TemporaryDirectory() as scratch:
+            rows = _evaluation_rows(spec, dataset_id)
+            adapter_dir = storage.local_adapter_dir(job_id)  # unpacked from the store when not on this disk
+            if not (adapter_dir / "adapter_config.json").is_file():
+                raise TrainingError("conflict", f"job {job_id}'s adapter files are gone (deleted or expired)")
+            result = evaluation.evaluate_adapter(
+                spec, adapter_dir, rows, Path(scratch), evaluation.EvaluationOptions(**options)
+            )
+    except TrainingError as exc:
+        log.warning("evaluation %s of job %s failed: %s", evaluation_id, job_id, exc.message)
+        _finish_evaluation(evaluation_id, "failed", message=exc.message)
+        return "failed"
+    except Exception as exc:
+        log.exception("evaluation %s of job %s failed", evaluation_id, job_id)
+        message = f"the evaluation failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
+        _finish_evaluation(evaluation_id, "failed", message=message)
+        return "failed"
+    log.info("evaluation %s of job %s: %s", evaluation_id, job_id, result)
+    _finish_evaluation(evaluation_id, "succeeded", result=result)
+    return "succeeded"
+
+
+@app.task(name=EVALUATE_TASK)  # registered here, beside its logic; worker/tasks.py imports this module
+def evaluate(evaluation_id: str) -> str:
+    """An on-demand evaluation (POST /jobs/{id}/evaluations); safe to run twice (only one claim wins)."""
+    return run_evaluation(evaluation_id)

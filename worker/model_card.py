@@ -65,12 +65,24 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows.items() if v is not None)])
 
 
+def _how_to_load(spec: JobSpec) -> str:
+    """The loading line: a classification adapter goes on AutoModelForSequenceClassification, with its labels."""
+    if spec.task == "classification":
+        return (
+            f"A text classifier: load it with `PeftModel.from_pretrained(AutoModelForSequenceClassification"
+            f'.from_pretrained("{spec.base_model}", num_labels=len(labels), id2label=..., label2id=...), this_dir)`, '
+            "the labels and their ids read from `labels.json` beside this card."
+        )
+    base = f'AutoModelForCausalLM.from_pretrained("{spec.base_model}")'
+    return f"Load it with `PeftModel.from_pretrained({base}, this_dir)`."
+
+
 def _comparison(evaluation: dict[str, Any] | None) -> str:
     if not evaluation:
         return "Not run (set `training.evaluate_base: true` with eval data to compare base and adapter)."
     lines = ["| | base | adapter |", "| --- | --- | --- |"]
     for key in ("eval_loss", "perplexity", "accuracy"):
-        base, adapter = evaluation["base"].get(key), evaluation["adapter"].get(key)
+        base, adapter = (evaluation.get("base") or {}).get(key), (evaluation.get("adapter") or {}).get(key)
         if base is not None or adapter is not None:
             lines.append(f"| {key} | {_fmt(base)} | {_fmt(adapter)} |")
     return "\n".join([*lines, "", f"On {evaluation['examples']} held-out examples."])
@@ -95,12 +107,13 @@ def write_model_card(
     card = f"""---
 base_model: {spec.base_model}
 library_name: peft
+pipeline_tag: {"text-classification" if spec.task == "classification" else "text-generation"}
 tags: [lora, finetune-service]
 ---
 # {spec.name or job_id}
 
 A {spec.adapter.method} adapter for `{spec.base_model}`, trained by finetune-service (job `{job_id}`).
-Load it with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{spec.base_model}"), this_dir)`.
+{_how_to_load(spec)}
 
 ## Lineage
 {

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import storage, worker_calls
+from app.adapter_spec import PROMPT_LEARNING
 from app.api import jobs_service
 from app.auth import CallerDep, SessionDep
 from app.errors import Conflict, DomainError, NotFound
@@ -34,6 +35,7 @@ class ExportPublic(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed"]
     error: str | None
     created_at: UtcDatetime
+    started_at: UtcDatetime | None = Field(None, description="When a worker began it (its heartbeat keeps it alive).")
     finished_at: UtcDatetime | None
     artifact_url: str | None = Field(None, description="Where the result downloads, once succeeded.")
 
@@ -47,6 +49,7 @@ class ExportPublic(BaseModel):
             status=export.status,
             error=export.error_message,
             created_at=export.created_at,
+            started_at=export.started_at,
             finished_at=export.finished_at,
             artifact_url=url,
         )
@@ -65,11 +68,18 @@ def create_export(session: Session, job: Job, kind: str) -> Export:
     """A queued export of a succeeded job's adapter (the caller commits, then sends it)."""
     if job.spec.get("task") == "classification":
         raise Conflict(f"job {job.id} is a classification job: its adapter is downloaded as is, not merged")
-    if job.status != "succeeded":
-        raise Conflict(f"job {job.id} is {job.status}: an export needs the adapter of a succeeded job")
     method = (job.spec.get("adapter") or {}).get("method", "lora")
+    if method in PROMPT_LEARNING:
+        raise Conflict(
+            f"job {job.id} trained a {method} adapter, a prompt-learning method: it learns virtual tokens put "
+            "before every input, not changes to the base's weights, so there is nothing to merge. Serve it as an "
+            f"adapter (GET /jobs/{job.id}/artifacts/adapter, PeftModel.from_pretrained), or train with "
+            "adapter.method lora, dora, rslora or ia3 to get a mergeable one"
+        )
     if method not in MERGEABLE:
         raise Conflict(f"a {method} adapter cannot be merged into the base; export works for lora, dora, rslora, ia3")
+    if job.status != "succeeded":
+        raise Conflict(f"job {job.id} is {job.status}: an export needs the adapter of a succeeded job")
     export = Export(job_id=job.id, kind=kind, status="queued")
     session.add(export)
     session.flush()

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from app.api import jobs_service, metrics_service
+from app.api import evaluations_service, jobs_service, metrics_service
+from app.api.evaluations import EvaluationPublic
 from app.auth import CallerDep, SessionDep
 
 router = APIRouter(prefix="/jobs", tags=["metrics"])
@@ -42,6 +43,7 @@ class CurvePublic(BaseModel):
     train: list[TrainPointPublic]
     eval: list[EvalPointPublic]
     evaluation: dict[str, Any] | None = None  # base vs adapter: {examples, base: {eval_loss, ...}, adapter: {...}}
+    evaluations: list[EvaluationPublic] = []  # on demand: POST /jobs/{id}/evaluations, oldest first
 
 
 @router.get(
@@ -72,4 +74,7 @@ def get_metrics(
         return Response(metrics_service.to_csv(train, evals), media_type="text/csv", headers=headers)
     # Plain dicts straight to JSON: validating 100k points through pydantic would cost more than the query.
     body = {"job_id": job.id, "status": job.status, "train": train, "eval": evals, "evaluation": job.evaluation}
+    body["evaluations"] = [
+        EvaluationPublic.of(e).model_dump(mode="json") for e in evaluations_service.list_evaluations(session, job)
+    ]
     return JSONResponse(body, headers=headers)

@@ -1,4 +1,5 @@
-"""Try what you trained: base vs adapter evaluation, side-by-side generation, merged export, lineage, clone."""
+"""Try what you trained: base vs adapter evaluation (after training and on demand), side-by-side generation, merged
+export, lineage, clone."""
 
 import io
 import json
@@ -100,6 +101,8 @@ def test_try_what_you_trained(stack: Stack, tiny_model: Path, tmp_path: Path) ->
     polled = _poll(stack, queued.json()["poll_url"])
     assert polled["status"] == "succeeded" and polled["results"][2]["adapter"].strip().startswith("negative")
 
+    _assert_evaluation_on_demand(stack, job["id"])
+
     # Merged export: loads with AutoModelForCausalLM and matches base + adapter.
     export = stack.client.post(f"/jobs/{job['id']}/exports", json={"kind": "merged"})
     assert export.status_code == 202 and export.json()["kind"] == "merged", export.text
@@ -120,6 +123,42 @@ def test_try_what_you_trained(stack: Stack, tiny_model: Path, tmp_path: Path) ->
     # None of that loaded a model into the API process.
     maps = Path(f"/proc/{stack.local.processes['api'].pid}/maps").read_text()
     assert "libtorch" not in maps and "torch/lib" not in maps
+
+
+def _assert_evaluation_on_demand(stack: Stack, job_id: str) -> None:
+    """POST /jobs/{id}/evaluations on the job's eval split and on another dataset; polled, listed, in the metrics."""
+    started = stack.client.post(f"/jobs/{job_id}/evaluations", json={"max_examples": 16})
+    assert started.status_code == 202 and started.json()["status"] in ("queued", "running"), started.text
+    done = _poll(stack, started.json()["poll_url"])
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["examples"] == 16 and result["label_examples"] == 16
+    base, adapter = result["base"], result["adapter"]
+    assert adapter["accuracy"] >= base["accuracy"] + 0.5, result
+    assert adapter["eval_loss"] < base["eval_loss"] and adapter["perplexity"] < base["perplexity"], result
+
+    other = stack.upload("more.jsonl", sentiment_jsonl(10))
+    body = {"dataset": other["id"], "include_base": False, "max_new_tokens": 3}
+    second = _poll(stack, stack.client.post(f"/jobs/{job_id}/evaluations", json=body).json()["poll_url"])
+    assert second["status"] == "succeeded" and second["dataset"] == other["id"], second
+    assert second["result"]["examples"] == 10 and second["result"]["base"] is None
+    assert second["result"]["adapter"]["accuracy"] >= 0.5 and second["result"]["adapter"]["perplexity"] > 1
+
+    listed = stack.client.get(f"/jobs/{job_id}/evaluations").json()["data"]
+    assert [e["id"] for e in listed] == [done["id"], second["id"]]
+    in_metrics = stack.client.get(f"/jobs/{job_id}/metrics").json()["evaluations"]
+    assert [e["result"] for e in in_metrics] == [result, second["result"]]
+
+    # Another tenant's dataset is not found; a dataset without the format's columns says which.
+    foreign = stack.client_for(stack.make_key("eval-other", tenant="eval-other"))
+    theirs = foreign.post("/datasets", files={"file": ("x.jsonl", sentiment_jsonl(4))}).json()
+    missing = stack.client.post(f"/jobs/{job_id}/evaluations", json={"dataset": theirs["id"]})
+    assert missing.status_code == 404 and "GET /datasets" in missing.json()["detail"], missing.text
+    assert foreign.post(f"/jobs/{job_id}/evaluations", json={}).status_code == 404
+    unfit = stack.upload("unfit.jsonl", b'{"text": "no review or label"}')
+    refused = stack.client.post(f"/jobs/{job_id}/evaluations", json={"dataset": unfit["id"]})
+    assert refused.status_code == 422 and "review" in refused.json()["detail"], refused.text
+    assert stack.client.get(f"/jobs/{job_id}/evaluations/ev_{'0' * 24}").status_code == 404
 
 
 def _assert_merged_matches(stack: Stack, job_id: str, tiny_model: Path, tmp_path: Path) -> None:
@@ -143,3 +182,15 @@ def test_generate_and_export_refuse_an_unfinished_job(stack: Stack) -> None:
     assert stack.client.post(f"/jobs/{job['id']}/generate", json={"prompts": []}).status_code == 422
     assert stack.client.get(f"/jobs/{job['id']}/exports/exp_{'0' * 24}").status_code == 404
     assert stack.client.get(f"/jobs/{job['id']}/generations/gen_{'0' * 24}").status_code == 404
+    refused = stack.client.post(f"/jobs/{job['id']}/evaluations", json={})
+    assert refused.status_code == 409 and "succeeded" in refused.json()["detail"]
+
+
+def test_merged_export_refuses_prompt_learning_adapters(stack: Stack) -> None:
+    dataset = stack.upload("sentiment.jsonl", sentiment_jsonl(8))
+    spec = {**sentiment_spec(dataset["id"]), "adapter": {"method": "prompt_tuning", "init": "sample_vocab"}}
+    job = stack.client.post("/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    stack.client.post(f"/jobs/{job.json()['id']}/cancel")  # refused before the job's state is even looked at
+    refused = stack.client.post(f"/jobs/{job.json()['id']}/exports", json={"kind": "merged"})
+    assert refused.status_code == 409 and "prompt-learning" in refused.json()["detail"], refused.text
