@@ -24,10 +24,12 @@ def latest_complete_checkpoint(trainer_dir: Path) -> tuple[int, Path] | None:
 
 
 class CheckpointCallback(TrainerCallback):
-    """After the Trainer has saved a checkpoint, mark it complete and report it."""
+    """After the Trainer has saved a checkpoint, add `extra_files` (name -> text, e.g. a classifier's labels.json),
+    mark it complete and report it."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, extra_files: dict[str, str] | None = None):
         self.report = report
+        self.extra_files = extra_files or {}
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         # The Trainer also saves at the last step; the adapter is saved then anyway, so skip the optimizer dump.
@@ -37,6 +39,8 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if path.is_dir():
+            for name, text in self.extra_files.items():
+                (path / name).write_text(text)
             (path / COMPLETE_MARKER).touch()
             self.report.checkpoint(state.global_step, path)
 

@@ -25,6 +25,7 @@ from worker.training import model as modelling
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
 from worker.training.classification_metrics import BestByMetric, ClassificationReport, EvalMetrics
 from worker.training.errors import Cancelled, Drained, TrainingError
+from worker.training.loop import loop_arguments
 from worker.training.progress import LogReport, ProgressCallback, Report
 from worker.training.recipe import TrainingResult
 
@@ -80,42 +81,10 @@ def _tokenized(tokenizer: Any, rows: Labelled, max_length: int) -> Dataset:
 
 
 def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: speed.SpeedPlan) -> TrainingArguments:
-    t = spec.training
-    on_gpu = modelling.device_type() == "cuda"
-    eval_strategy = ("steps" if t.eval_every_steps else "epoch") if has_eval else "no"
     return TrainingArguments(
-        output_dir=str(out_dir / "trainer"),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        optim=t.optimizer,
-        seed=t.seed,
-        data_seed=t.seed,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # see the causal recipe
-        bf16=on_gpu and modelling.compute_dtype() is torch.bfloat16,
-        fp16=on_gpu and modelling.compute_dtype() is torch.float16,
-        use_cpu=not on_gpu,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        eval_strategy=eval_strategy,
-        eval_steps=t.eval_every_steps,
-        save_strategy="steps" if t.checkpoint_every_steps else "no",
-        save_steps=t.checkpoint_every_steps or 500,
-        save_total_limit=2,
-        report_to=[],
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        **loop_arguments(spec, out_dir, has_eval, fast),
         remove_unused_columns=False,  # the dataset holds exactly the model's inputs and labels
         label_names=["labels"],
-        dataloader_num_workers=0,
-        **speed.sampler_args(fast.group_by_length),
     )
 
 
@@ -186,7 +155,7 @@ def run(
         callbacks=[progress],
     )
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(CheckpointCallback(report))
+    trainer.add_callback(CheckpointCallback(report, {classifier.LABELS_FILE: classifier.labels_json(labels, spec)}))
     if settings.fault_oom_above_batch_size is not None:
         trainer.add_callback(InjectedOutOfMemory(settings.fault_oom_above_batch_size))
     baseline: dict[str, Any] | None = None

@@ -88,6 +88,12 @@ def save_classifier(
 ) -> Path:
     """The adapter (head included) plus labels.json, which names each output so the adapter is usable alone."""
     modelling.save_adapter(model, tokenizer, out)
+    (out / LABELS_FILE).write_text(labels_json(labels, spec))
+    return out
+
+
+def labels_json(labels: list[str], spec: JobSpec) -> str:
+    """labels.json: the adapter's outputs by name, and how to build its input text."""
     info = {
         "task": "classification",
         "labels": labels,
@@ -97,8 +103,7 @@ def save_classifier(
         "base_model": spec.base_model,
         "max_length": spec.training.max_seq_length,
     }
-    (out / LABELS_FILE).write_text(json.dumps(info, indent=2))
-    return out
+    return json.dumps(info, indent=2)
 
 
 class TrainedClassifier:
