@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import threading
+from pathlib import Path
 
 from app import limits, storage
 from app.db import session_scope
@@ -16,9 +17,9 @@ from worker.artifacts import pack_directory
 from worker.drain import clear_draining, mark_draining
 from worker.oom import is_out_of_memory, smaller_micro_batch
 from worker.report import JobReporter
+from worker.resume import discard_resumable, latest_resumable
+from worker.training import distributed, recipe
 from worker.training import model as modelling
-from worker.training import recipe
-from worker.training.checkpoints import latest_complete_checkpoint
 from worker.training.errors import Cancelled, Drained, TrainingError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def worker_name() -> str:
 
 
 def _dataset_path(ref: object) -> "os.PathLike[str] | None":
-    return storage.dataset_rows_path(ref) if isinstance(ref, str) else None
+    return storage.cached_dataset(ref) if isinstance(ref, str) else None  # fetched from the store when not here
 
 
 def _describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -74,7 +75,7 @@ def _attempt(job_id: str, worker: str) -> str:
         return "skipped"
     spec = JobSpec.model_validate(job.spec)
     out_dir = storage.job_dir(job_id)
-    resume = latest_complete_checkpoint(out_dir / "trainer")
+    resume = latest_resumable(job_id, out_dir / "trainer")  # this machine's, else the store's (worker/resume.py)
     with session_scope() as session:
         record.drop_points_after(session, job_id, resume[0] if resume else 0)
         record.set_lineage(session, job_id, spec, modelling.device_type())
@@ -88,17 +89,11 @@ def _attempt(job_id: str, worker: str) -> str:
         f", resuming from step {resume[0]}" if resume else "",
     )
     try:
-        result = recipe.run(
-            spec,
-            _dataset_path(spec.dataset),
-            out_dir,
-            reporter,
-            validation_path=_dataset_path(spec.validation_dataset),
-            resume_from=resume[1] if resume else None,
-        )
+        result = _train(job_id, worker, spec, out_dir, reporter, resume[1] if resume else None)
         reporter.close()  # every point is in SQL before the model card plots them
         model_card.document_adapter(job_id, spec, result)
         size, sha = pack_directory(out_dir / "adapter", out_dir / "adapter.tar.gz")
+        storage.publish(out_dir / "adapter.tar.gz")
     except Drained as stop:
         reporter.close()
         return _requeue(job_id, reporter, f"worker shutting down; checkpoint saved at step {stop.step}")
@@ -125,6 +120,30 @@ def _attempt(job_id: str, worker: str) -> str:
             step=result.steps,
         )
     return _finish(job_id, reporter, "succeeded")
+
+
+def _train(
+    job_id: str, worker: str, spec: JobSpec, out_dir: Path, reporter: JobReporter, resume_from: Path | None
+) -> recipe.TrainingResult:
+    """In this process, or across `resources.gpus` processes with torchrun (worker/training/distributed.py)."""
+    if distributed.world_size(spec) > 1:
+        return distributed.run(
+            spec,
+            _dataset_path(spec.dataset),
+            out_dir,
+            job_id,
+            worker,
+            validation_path=_dataset_path(spec.validation_dataset),
+            resume_from=resume_from,
+        )
+    return recipe.run(
+        spec,
+        _dataset_path(spec.dataset),
+        out_dir,
+        reporter,
+        validation_path=_dataset_path(spec.validation_dataset),
+        resume_from=resume_from,
+    )
 
 
 def _handle_out_of_memory(job_id: str, spec: JobSpec, reporter: JobReporter) -> str:
@@ -166,8 +185,9 @@ def _finish(job_id: str, reporter: JobReporter, status: str, error: tuple[str, s
         record.finish_job(session, job_id, status, error)
         discard = record.discard_deleted_outputs(session, job_id)
     # Resumable state (optimizer, RNG) is only useful until the job ends; packed checkpoints stay.
-    shutil.rmtree(storage.job_dir(job_id) / "trainer", ignore_errors=True)
+    discard_resumable(job_id, storage.job_dir(job_id) / "trainer")
     if discard:  # deleted while it ran (DELETE /jobs/{id}): what this attempt wrote since goes too
+        storage.remove(storage.job_prefix(job_id))
         shutil.rmtree(storage.job_dir(job_id), ignore_errors=True)
         if not _job_exists(job_id):
             log.info("job %s: deleted while it ran; its files are removed", job_id)

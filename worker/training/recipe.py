@@ -21,6 +21,7 @@ from worker.training import model as modelling
 from worker.training.best import BestAdapter
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
 from worker.training.errors import Cancelled, Drained, TrainingError
+from worker.training.loop import loop_arguments
 from worker.training.progress import LogReport, ProgressCallback, Report
 from worker.training.speed import SpeedPlan
 
@@ -70,42 +71,8 @@ def _setup_data(
 def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan | None = None) -> SFTConfig:
     t = spec.training
     fast = fast or SpeedPlan(padding_free=False)
-    on_gpu = modelling.device_type() == "cuda"
-    eval_strategy = "no"
-    if has_eval:
-        eval_strategy = "steps" if t.eval_every_steps else "epoch"
     return SFTConfig(
-        output_dir=str(out_dir / "trainer"),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        optim=t.optimizer,
-        seed=t.seed,
-        data_seed=t.seed,
-        # Non-reentrant checkpointing: the reentrant kind gives frozen-input LoRA no gradients or runs slower.
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=on_gpu and modelling.compute_dtype() is torch.bfloat16,
-        fp16=on_gpu and modelling.compute_dtype() is torch.float16,
-        use_cpu=not on_gpu,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        eval_strategy=eval_strategy,
-        eval_steps=t.eval_every_steps,
-        # Checkpoints make a killed or preempted job resumable; two are kept for resuming, older ones
-        # stay downloadable as packed adapters (see worker/training/checkpoints.py).
-        save_strategy="steps" if t.checkpoint_every_steps else "no",
-        save_steps=t.checkpoint_every_steps or 500,
-        save_total_limit=2,
-        report_to=[],
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        **loop_arguments(spec, out_dir, has_eval, fast),
         max_length=t.max_seq_length,
         # TRL cuts by this, not by tokenizer.truncation_side: "left" keeps an example's end.
         truncation_mode="keep_end" if t.truncation_side == "left" else "keep_start",
@@ -113,8 +80,6 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan
         completion_only_loss=True,
         assistant_only_loss=spec.format.type == "chat",
         dataset_num_proc=None,
-        dataloader_num_workers=0,
-        **speed.sampler_args(fast.group_by_length),
         use_liger_kernel=fast.use_liger_kernel,
         torch_compile=fast.torch_compile,
     )
@@ -192,6 +157,8 @@ def run(
         rows = evaluation.eval_rows(spec, dataset_path, validation_path)
         comparison = evaluation.compare(trainer, peft_model, tokenizer, spec, rows, eval_loss)
 
+    if not trainer.is_world_process_zero():  # a multi-process job: rank 0 saves the one adapter
+        return _result(out_dir / "adapter", trainer, output, trainable, total, started, eval_loss)
     adapter_dir = modelling.save_adapter(peft_model, tokenizer, out_dir / "adapter")
     train_loss = output.training_loss if math.isfinite(output.training_loss) else None
     result = TrainingResult(
@@ -213,3 +180,19 @@ def run(
     (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def _result(
+    adapter_dir: Path, trainer: SFTTrainer, output: Any, trainable: int, total: int, started: float, eval_loss: Any
+) -> TrainingResult:
+    """What a rank other than 0 returns: the same loop, nothing saved (its result is not recorded)."""
+    return TrainingResult(
+        adapter_dir=str(adapter_dir),
+        steps=trainer.state.global_step,
+        train_loss=output.training_loss,
+        eval_loss=eval_loss,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        runtime_seconds=round(time.monotonic() - started, 2),
+        device=modelling.device_type(),
+    )
