@@ -36,10 +36,12 @@ def call_key(call_id: str) -> str:
     return f"ft:call:{call_id}"
 
 
-def send(task: str, *args: Any) -> None:
-    """Send a task by name to the inference (or training) queue; WorkerUnavailable when the broker is down."""
+def send(task: str, *args: Any, expires_s: float | None = None) -> None:
+    """Send a task by name to the inference (or training) queue; WorkerUnavailable when the broker is down.
+
+    `expires_s`: a worker that receives the message later drops it unrun (nobody waits for the answer any more)."""
     try:
-        celery_client().send_task(task, args=list(args), queue=task_queue(), retry=False)
+        celery_client().send_task(task, args=list(args), queue=task_queue(), retry=False, expires=expires_s)
     except Exception as exc:
         raise WorkerUnavailable(str(exc)) from exc
 
@@ -49,7 +51,7 @@ def start(task: str, job_id: str, payload: dict[str, Any]) -> str:
     call_id = f"gen_{secrets.token_hex(12)}"
     state = {"id": call_id, "job_id": job_id, "status": "queued", "created_at": time.time()}
     redis_client().set(call_key(call_id), json.dumps(state), ex=CALL_TTL_S)
-    send(task, call_id, job_id, payload)
+    send(task, call_id, job_id, payload, expires_s=CALL_TTL_S)  # its answer would outlive its record
     return call_id
 
 
