@@ -44,10 +44,10 @@ def _model(v: Variant, model_dir: Path, w: Workload) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from worker.training.speed import cpu_has_fast_bf16
+    from worker.training.speed import cpu_trains_in_fp32
 
     cuda = torch.cuda.is_available()
-    fast_bf16 = cuda or cpu_has_fast_bf16()
+    fast_bf16 = cuda or not cpu_trains_in_fp32()
     dtype = {"auto": torch.bfloat16 if fast_bf16 else torch.float32, "bfloat16": torch.bfloat16}.get(
         v.compute_dtype, torch.float32
     )

@@ -14,7 +14,7 @@ from app.prequantized import quant_method
 from app.spec import JobSpec, Quantization
 from worker.training import adapters
 from worker.training.errors import TrainingError
-from worker.training.speed import cpu_has_fast_bf16
+from worker.training.speed import cpu_trains_in_fp32
 
 log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -47,8 +47,8 @@ def quantization_config(q: Quantization | None) -> BitsAndBytesConfig | None:
     dtype = DTYPES[q.compute_dtype]
     if device_type() == "cpu" and dtype is torch.float16:
         dtype = torch.float32  # the CPU has no fast fp16 matmul
-    if device_type() == "cpu" and dtype is torch.bfloat16 and not cpu_has_fast_bf16():
-        dtype = torch.float32  # no AVX512-BF16/AMX: bf16 matmuls are emulated, 2x+ slower (docs/benchmarks.md)
+    if device_type() == "cpu" and dtype is torch.bfloat16 and cpu_trains_in_fp32():
+        dtype = torch.float32  # bf16 on a CPU: emulated and slow, or (with bf16 units) memory that grows per step
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
