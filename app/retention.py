@@ -9,11 +9,9 @@ Files are removed from the store (app/storage/: FT_DATA_DIR, or the S3 bucket an
 """
 
 import logging
-import shutil
 import threading
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from pydantic import BaseModel
 from sqlalchemy import delete, select, update
@@ -24,7 +22,7 @@ from app import events, storage
 from app.config import settings
 from app.errors import Conflict
 from app.models import Artifact, Dataset, Job, utcnow
-from app.storage import tree_size
+from app.storage import remove_tree
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running", "cancelling")
@@ -39,16 +37,6 @@ class DeletedPublic(BaseModel):
     cancelled: bool = False  # a queued or running job was cancelled first
     kept_metrics: bool = False  # the job's record and metrics stay; only its files went
     freed_bytes: int
-
-
-def remove_tree(path: Path) -> int:
-    """Delete a file or directory; returns the bytes freed (0 when it was already gone)."""
-    size = tree_size(path)
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-    return size
 
 
 def jobs_using(session: Session, dataset: Dataset) -> list[str]:

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app import storage
 from app.db import SessionLocal, session_scope
-from app.models import Export, Job, utcnow
+from app.models import Export, utcnow
 from app.reaper import heartbeat
 from app.spec import JobSpec
 from worker import record
@@ -49,15 +49,10 @@ def merge_adapter(spec: JobSpec, adapter_dir: Path, out_dir: Path) -> Path:
 
 def _claim(export_id: str) -> tuple[str, JobSpec] | None:
     with session_scope() as session:
-        claimed = session.execute(
-            update(Export)
-            .where(Export.id == export_id, Export.status == "queued")
-            .values(status="running", started_at=utcnow(), heartbeat_at=utcnow())
-        )
-        if claimed.rowcount != 1:
+        claimed = record.claim_queued_request(session, Export, export_id)
+        if claimed is None:
             return None
-        export = session.get(Export, export_id)
-        job = session.get(Job, export.job_id)
+        _export, job = claimed
         return job.id, JobSpec.model_validate(job.spec)
 
 

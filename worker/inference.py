@@ -22,10 +22,10 @@ from sqlalchemy import update
 from app import storage, worker_calls
 from app.api.evaluations_service import EVALUATE_TASK
 from app.db import SessionLocal, session_scope
-from app.models import Evaluation, Job, utcnow
+from app.models import Evaluation, utcnow
 from app.reaper import heartbeat
 from app.spec import JobSpec
-from worker import evaluation
+from worker import evaluation, record
 from worker.celery_app import app
 from worker.training import data
 from worker.training.classifier import LABELS_FILE, TrainedClassifier
@@ -108,15 +108,10 @@ def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
 
 def _claim_evaluation(evaluation_id: str) -> tuple[str, JobSpec, str | None, dict[str, Any]] | None:
     with session_scope() as session:
-        claimed = session.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation_id, Evaluation.status == "queued")
-            .values(status="running", started_at=utcnow(), heartbeat_at=utcnow())
-        )
-        if claimed.rowcount != 1:
+        claimed = record.claim_queued_request(session, Evaluation, evaluation_id)
+        if claimed is None:
             return None
-        row = session.get(Evaluation, evaluation_id)
-        job = session.get(Job, row.job_id)
+        row, job = claimed
         return job.id, JobSpec.model_validate(job.spec), row.dataset_id, dict(row.options)
 
 

@@ -37,6 +37,19 @@ def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
     return session.get(Job, job_id)
 
 
+def claim_queued_request(session: Session, model: type[Any], request_id: str) -> tuple[Any, Job] | None:
+    """Claim a queued export or evaluation (compare-and-set to `running`, heartbeat started) -> (row, its job)."""
+    claimed = session.execute(
+        update(model)
+        .where(model.id == request_id, model.status == "queued")
+        .values(status="running", started_at=utcnow(), heartbeat_at=utcnow())
+    )
+    if claimed.rowcount != 1:
+        return None
+    row = session.get(model, request_id)
+    return row, session.get(Job, row.job_id)
+
+
 def renew_lease(session: Session, job_id: str, worker: str) -> bool:
     """Extend this worker's lease; False when the job is no longer this worker's to run."""
     result = session.execute(

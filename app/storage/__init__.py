@@ -15,9 +15,9 @@ from pathlib import Path
 
 from app.config import settings
 from app.storage.backend import Store
-from app.storage.local import LocalStore, tree_size
+from app.storage.local import LocalStore, remove_tree, tree_size
 
-__all__ = ["SAFE_ID", "LocalStore", "Store", "store", "tree_size"]
+__all__ = ["SAFE_ID", "LocalStore", "Store", "remove_tree", "store", "tree_size"]
 
 SAFE_ID = re.compile(r"^[a-z]+_[0-9a-f]{24}$")
 _stores: dict[tuple[object, ...], Store] = {}
@@ -153,9 +153,5 @@ def remove(prefix: str) -> int:
     """
     freed = store().delete_prefix(prefix)
     if not is_shared_disk():
-        local = resolve(prefix)
-        if local.is_dir():
-            shutil.rmtree(local, ignore_errors=True)
-        else:
-            local.unlink(missing_ok=True)
+        remove_tree(resolve(prefix))
     return freed

@@ -14,6 +14,16 @@ def tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
+def remove_tree(path: Path) -> int:
+    """Delete a file or directory; returns the bytes freed (0 when it was already gone)."""
+    size = tree_size(path)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return size
+
+
 class LocalStore:
     """Files under one root directory; writing a file onto itself (the usual case) copies nothing."""
 
@@ -55,13 +65,7 @@ class LocalStore:
         return [(str(p.relative_to(self.root)), p.stat().st_size) for p in found]
 
     def delete_prefix(self, prefix: str) -> int:
-        path = self.path(prefix)
-        size = tree_size(path)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        return size
+        return remove_tree(self.path(prefix))
 
     def size_of_prefix(self, prefix: str) -> int:
         return tree_size(self.path(prefix))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.localstack import LocalStack
+from app.localstack import LocalStack, free_port
 from tests.conftest import MODELS_DIR
 
 POSTGRES_ADMIN_URL = os.environ.get("FT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -53,6 +54,25 @@ class Stack:
         response = self.client.post("/datasets", files={"file": (filename, content)}, data={"name": name or filename})
         assert response.status_code in (200, 201), response.text
         return response.json()
+
+
+@contextmanager
+def private_stack(
+    name: str, root: Path, env: dict[str, str], worker: bool = False, inference: bool = False
+) -> Iterator[Stack]:
+    """A stack of its own for tests that kill, restart or reconfigure processes: its own redis-server and the API,
+    and the workers asked for (the tests start the others themselves). `env`: the whole environment."""
+    local = LocalStack(env=env, log_dir=root / "logs")
+    local.log_dir.mkdir(parents=True, exist_ok=True)
+    local.start_redis(free_port())
+    local.start(worker=worker, inference=inference)
+    stack = Stack(name, local, "", None)  # type: ignore[arg-type]
+    stack.key = stack.make_key(name)
+    stack.client = stack.client_for(stack.key)
+    try:
+        yield stack
+    finally:
+        local.stop()
 
 
 def _create_database(name: str) -> str:

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.localstack import LocalStack, free_port
 from app.queue import broker_queue_length
 from tests.conftest import MODELS_DIR
-from tests.integration.conftest import TERMINAL, Stack
+from tests.integration.conftest import TERMINAL, Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 from tests.s3_server import S3Server, moto_server
 
@@ -46,17 +45,8 @@ def fleet(tiny_model: Path, session_dir: Path, s3: S3Server) -> Iterator[Stack]:
         "FT_FLEET_GPUS": "cpu*2",  # the API refuses what no machine has; CPU workers declare 1 or 2 slots
     }
     root.mkdir(parents=True, exist_ok=True)
-    local = LocalStack(env=env, log_dir=root / "logs")
-    local.log_dir.mkdir(parents=True, exist_ok=True)
-    local.start_redis(free_port())
-    local.start(worker=False)
-    stack = Stack("fleet", local, "", None)  # type: ignore[arg-type]
-    stack.key = stack.make_key("fleet")
-    stack.client = stack.client_for(stack.key)
-    try:
+    with private_stack("fleet", root, env) as stack:
         yield stack
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="module")

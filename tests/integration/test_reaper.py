@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.localstack import LocalStack, free_port
 from tests.conftest import MODELS_DIR
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_try_it import sentiment_jsonl, sentiment_spec
 
 STALE_AFTER_S = 2.0
@@ -41,17 +40,8 @@ def reaper_stack(tiny_model: Path, session_dir: Path) -> Iterator[Stack]:
     root = session_dir / "reaper"
     env = {**os.environ, **REAPER_ENV, "FT_DATA_DIR": str(root / "data"), "FT_MODELS_DIR": str(MODELS_DIR)}
     env.pop("FT_DATABASE_URL", None)
-    local = LocalStack(env=env, log_dir=root / "logs")
-    local.log_dir.mkdir(parents=True, exist_ok=True)
-    local.start_redis(free_port())
-    local.start(inference=True)
-    stack = Stack("reaper", local, "", None)  # type: ignore[arg-type]
-    stack.key = stack.make_key("reaper")
-    stack.client = stack.client_for(stack.key)
-    try:
+    with private_stack("reaper", root, env, worker=True, inference=True) as stack:
         yield stack
-    finally:
-        local.stop()
 
 
 def _wait_status(stack: Stack, url: str, wanted: set[str], timeout: float, every: float = 0.05) -> dict:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.localstack import LocalStack, free_port
 from tests.conftest import MODELS_DIR
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 
 CHAOS_ENV = {
@@ -32,17 +31,8 @@ def chaos(tiny_model: Path, session_dir: Path) -> Iterator[Stack]:
     root = session_dir / "chaos"
     env = {**os.environ, **CHAOS_ENV, "FT_DATA_DIR": str(root / "data"), "FT_MODELS_DIR": str(MODELS_DIR)}
     env.pop("FT_DATABASE_URL", None)
-    local = LocalStack(env=env, log_dir=root / "logs")
-    local.log_dir.mkdir(parents=True, exist_ok=True)
-    local.start_redis(free_port())
-    local.start(worker=False)
-    stack = Stack("chaos", local, "", None)  # type: ignore[arg-type]
-    stack.key = stack.make_key("chaos")
-    stack.client = stack.client_for(stack.key)
-    try:
+    with private_stack("chaos", root, env) as stack:
         yield stack
-    finally:
-        local.stop()
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.localstack import LocalStack, free_port
 from tests.conftest import MODELS_DIR
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 from tests.integration.test_reliability import CHAOS_ENV
 from tests.s3_server import S3Server, moto_server
@@ -43,17 +42,9 @@ def cloud(tiny_model: Path, session_dir: Path, s3: S3Server) -> Iterator[tuple[S
         "FT_MODELS_DIR": str(MODELS_DIR),
         "FT_INFERENCE_QUEUE": "inference",  # generate and exports: a worker on a third disk
     }
-    local = LocalStack(env=env, log_dir=root / "logs")
-    local.log_dir.mkdir(parents=True, exist_ok=True)
-    local.start_redis(free_port())
-    local.start(worker=False)
-    stack = Stack("s3", local, "", None)  # type: ignore[arg-type]
-    stack.key = stack.make_key("s3")
-    stack.client = stack.client_for(stack.key)
-    try:
+    root.mkdir(parents=True, exist_ok=True)
+    with private_stack("s3", root, env) as stack:
         yield stack, bucket
-    finally:
-        local.stop()
 
 
 def _worker_env(stack: Stack, disk: str) -> dict[str, str]:
