@@ -144,3 +144,36 @@ def test_other_bases_are_left_alone(tiny_model: Path) -> None:
     offline = spec(base_model="owner/not-cached-anywhere")  # tests never reach the Hub: the worker decides
     check_prequantized_base(offline)
     assert offline.quantization is not None
+
+
+def test_validate_reports_what_submit_refuses_for_a_prequantized_base(tiny_model: Path) -> None:
+    """POST /jobs/validate lists the GPTQ refusal as a problem (ok: false) where POST /jobs answers 422."""
+    from alembic import command
+    from alembic.config import Config
+    from fastapi.testclient import TestClient
+
+    from app.auth import create_key
+    from app.db import SessionLocal
+    from app.main import create_app
+
+    command.upgrade(Config(str(Path(__file__).resolve().parents[2] / "alembic.ini")), "head")
+    with SessionLocal() as session:
+        key = create_key(session, "gptq", tenant="gptq-tests")
+        session.commit()
+    api = TestClient(create_app(), headers={"Authorization": f"Bearer {key}"})
+    rows = b'{"text": "a prequantized base"}\n' * 4
+    dataset = api.post("/datasets", files={"file": ("gptq.jsonl", rows)}).json()["id"]
+    body = {
+        "base_model": fake_prequantized("tiny-gptq-validate", "gptq"),
+        "dataset": dataset,
+        "format": {"type": "text", "field": "text"},
+        "quantization": {"bits": 4},
+    }
+    report = api.post("/jobs/validate", json=body)
+    assert report.status_code == 200, report.text
+    assert report.json()["ok"] is False
+    assert report.json()["problems"][0]["field"] == "quantization"
+    assert "GPTQ-quantized" in report.json()["problems"][0]["message"]
+    refused = api.post("/jobs", json=body)
+    assert refused.status_code == 422 and "GPTQ-quantized" in refused.json()["detail"]
+    assert api.post("/jobs/validate", json={**body, "quantization": None}).json()["ok"] is True
