@@ -82,7 +82,9 @@ def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator depende
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens before the response is sent. (A request-scoped dependency's exit code runs
+# after the response; a client acting on a 200 could then race the commit, e.g. a revoked key still accepted.)
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_caller(request: Request, session: SessionDep) -> Caller:
