@@ -13,8 +13,12 @@ import secrets
 import time
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.config import settings
+from app.errors import DomainError
 from app.events import redis_client
+from app.models import utcnow
 from app.queue import celery_client
 
 GENERATE_TASK = "finetune.generate"
@@ -44,6 +48,21 @@ def send(task: str, *args: Any, expires_s: float | None = None) -> None:
         celery_client().send_task(task, args=list(args), queue=task_queue(), retry=False, expires=expires_s)
     except Exception as exc:
         raise WorkerUnavailable(str(exc)) from exc
+
+
+class QueueUnreachable(DomainError):
+    status_code = 503
+
+
+def send_recorded(session: Session, task: str, row: Any, what: str) -> None:
+    """Send the task for a committed request row (an export, an evaluation); when the broker is down, record the
+    row as failed and answer 503 saying to try the `what` again."""
+    try:
+        send(task, row.id)
+    except WorkerUnavailable:
+        row.status, row.error_message, row.finished_at = "failed", "the task queue was unreachable", utcnow()
+        session.commit()
+        raise QueueUnreachable(f"the task queue is unreachable; try the {what} again shortly") from None
 
 
 def start(task: str, job_id: str, payload: dict[str, Any]) -> str:

@@ -14,16 +14,11 @@ from pydantic import BaseModel, Field
 from app import worker_calls
 from app.api import evaluations_service, jobs_service
 from app.auth import CallerDep, SessionDep
-from app.errors import DomainError
 from app.models import Evaluation
 from app.schemas import UtcDatetime
 from app.spec import StrictModel
 
 router = APIRouter(prefix="/jobs", tags=["evaluations"])
-
-
-class QueueUnreachable(DomainError):
-    status_code = 503
 
 
 class EvaluationCreate(StrictModel):
@@ -97,12 +92,7 @@ def start_evaluation(job_id: str, body: EvaluationCreate, caller: CallerDep, ses
     options = body.model_dump(exclude={"dataset"})
     evaluation = evaluations_service.create_evaluation(session, caller, job, body.dataset, options)
     session.commit()  # on record before a worker can pick it up
-    try:
-        worker_calls.send(evaluations_service.EVALUATE_TASK, evaluation.id)
-    except worker_calls.WorkerUnavailable:
-        evaluations_service.mark_unsent(session, evaluation)
-        session.commit()
-        raise QueueUnreachable("the task queue is unreachable; try the evaluation again shortly") from None
+    worker_calls.send_recorded(session, evaluations_service.EVALUATE_TASK, evaluation, "evaluation")
     return EvaluationPublic.of(evaluation)
 
 

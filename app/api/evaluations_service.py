@@ -14,7 +14,7 @@ from app import examples, storage
 from app.api import datasets_service
 from app.auth import Caller
 from app.errors import Conflict, Invalid, NotFound
-from app.models import Evaluation, Job, utcnow
+from app.models import Evaluation, Job
 from app.spec import JobSpec
 
 EVALUATE_TASK = "finetune.evaluate"
@@ -66,11 +66,6 @@ def create_evaluation(
     session.add(evaluation)
     session.flush()
     return evaluation
-
-
-def mark_unsent(session: Session, evaluation: Evaluation) -> None:
-    evaluation.status, evaluation.finished_at = "failed", utcnow()
-    evaluation.error_message = "the task queue was unreachable"
 
 
 def list_evaluations(session: Session, job: Job, status: str | None = None) -> list[Evaluation]:

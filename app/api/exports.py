@@ -15,8 +15,8 @@ from app import storage, worker_calls
 from app.adapter_spec import PROMPT_LEARNING
 from app.api import jobs_service
 from app.auth import CallerDep, SessionDep
-from app.errors import Conflict, DomainError, NotFound
-from app.models import Export, Job, utcnow
+from app.errors import Conflict, NotFound
+from app.models import Export, Job
 from app.schemas import UtcDatetime
 from app.spec import StrictModel
 
@@ -60,10 +60,6 @@ class ExportsPublic(BaseModel):
     next_cursor: str | None = None
 
 
-class QueueUnreachable(DomainError):
-    status_code = 503
-
-
 def create_export(session: Session, job: Job, kind: str) -> Export:
     """A queued export of a succeeded job's adapter (the caller commits, then sends it)."""
     if job.spec.get("task") == "classification":
@@ -92,12 +88,7 @@ def start_export(job_id: str, body: ExportCreate, caller: CallerDep, session: Se
     job = jobs_service.get_job(session, caller, job_id)
     export = create_export(session, job, body.kind)
     session.commit()  # on record before a worker can pick it up
-    try:
-        worker_calls.send(worker_calls.EXPORT_TASK, export.id)
-    except worker_calls.WorkerUnavailable:
-        export.status, export.error_message, export.finished_at = "failed", "the task queue was unreachable", utcnow()
-        session.commit()
-        raise QueueUnreachable("the task queue is unreachable; try the export again shortly") from None
+    worker_calls.send_recorded(session, worker_calls.EXPORT_TASK, export, "export")
     return ExportPublic.of(export)
 
 
