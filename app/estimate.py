@@ -81,6 +81,18 @@ class Device:
 
 GPU = Device(cuda=True, act_bytes=2, dropout_mask_bytes=1, head_tiles=2, fixed=CUDA_CONTEXT)
 CPU = Device(cuda=False, act_bytes=4, dropout_mask_bytes=4, head_tiles=10, fixed=0)
+# training.cpu_kernels' LM head on a CPU (worker/training/cpu_kernels.py: tile_tokens): tiles of at most 1024
+# tokens and 4M logits over the whole vocabulary, two tile-sized temporaries at its peak.
+LEAN_TILE_TOKENS, LEAN_TILE_ELEMENTS, LEAN_MIN_TOKENS, LEAN_HEAD_TILES = 1024, 1 << 22, 64, 2
+
+
+def _head_tile_bytes(shape: ModelShape, spec: JobSpec, tokens: int, device: Device) -> int:
+    """The LM head's temporaries at its peak: TRL's fused head, or on a CPU (by default) the lean one."""
+    if not device.cuda and spec.training.cpu_kernels:
+        tile = max(LEAN_MIN_TOKENS, min(LEAN_TILE_TOKENS, LEAN_TILE_ELEMENTS // max(shape.vocab, 1)))
+        return min(tokens, tile) * shape.vocab * device.act_bytes * LEAN_HEAD_TILES
+    # TRL scores 4096 tokens x 32768 vocabulary entries at a time
+    return min(tokens, 4096) * min(shape.vocab, 32768) * device.act_bytes * device.head_tiles
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,9 @@ def memory(shape: ModelShape, spec: JobSpec, batch: Batch, device: Device = GPU)
     lora_bytes = 2 if device.cuda and spec.quantization is not None else 4
     states = optimizer_bytes(t.optimizer, tensors, lora_bytes)
     layer = n * _layer_activation_bytes(shape, spec, targets, device) + _attention_bytes(shape, spec, batch, device)
-    # The LM head never builds the logits: TRL scores them in tiles of 4096 tokens x 32768 vocabulary entries,
-    # keeping its input and an fp32 gradient for it; its backward runs first, with every activation still held.
-    head = min(n, 4096) * min(shape.vocab, 32768) * act * device.head_tiles + n * shape.hidden * (4 + act)
+    # The LM head never builds the logits: it scores them in tiles, keeping its input and an fp32 gradient for
+    # it; its backward runs first, with every activation still held.
+    head = _head_tile_bytes(shape, spec, n, device) + n * shape.hidden * (4 + act)
     if spec.task == "classification":  # a small score head on the last token instead
         head = n * shape.hidden * (4 + act)
     backward = n * (4 * shape.intermediate * shape.experts_per_token + 8 * shape.hidden) * act  # gradients in flight
@@ -174,14 +186,17 @@ def memory(shape: ModelShape, spec: JobSpec, batch: Batch, device: Device = GPU)
 
 def batch_shape(spec: JobSpec, cuda: bool, tokens_each: float, longest: int) -> Batch:
     """A micro-batch as worker/training/speed.py shapes it: flattened (padding-free or packed) into one row whose
-    mask spans it all, unless flash-attention 2 runs each sequence alone; or padded to its longest example."""
+    mask spans it all, unless each sequence attends alone (flash-attention 2's varlen kernel on a GPU, sdpa_packed on
+    a CPU); or padded to its longest example."""
     t = spec.training
     flash = cuda and t.attn_implementation == "flash_attention_2"
+    # speed.plan: on a CPU, padding-free batches with sdpa (flash-attention 2 falls back to it) run sdpa_packed
+    per_example = flash or (not cuda and t.padding_free and not t.packing and t.attn_implementation != "eager")
     if t.packing:
         tokens_each = longest = t.max_seq_length
     tokens = max(1, round(t.batch_size * tokens_each))
     flattened = t.packing or (t.padding_free and (not cuda or flash))
-    if flattened and not flash:
+    if flattened and not per_example:
         return Batch(tokens=tokens, mask_rows=1, mask_span=tokens, masked=True)
     if flattened:
         return Batch(tokens=tokens, mask_rows=t.batch_size, mask_span=longest, masked=False)

@@ -1,7 +1,8 @@
 """Padding-free batches: examples concatenated into one row must not attend to each other.
 
-Checked on the tiny model with the attention implementation the worker picks (sdpa by default), and eager:
-each example's logits in the packed row equal its logits alone, and changing one example changes no other.
+Checked on the tiny model with the attention implementation the worker picks for flattened batches (sdpa_packed:
+SDPA per example), stock sdpa (a block-diagonal mask) and eager: each example's logits in the packed row equal
+its logits alone, and changing one example changes no other.
 """
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from app.spec import JobSpec, Training
 from tests.conftest import TINY_MODEL
 from worker.training import model as modelling
-from worker.training import speed
+from worker.training import packed_attention, speed
 
 EXAMPLES = [[5, 17, 33, 90, 41, 7], [12, 8, 61], [70, 71, 72, 73, 74, 75, 76, 77, 78], [99, 3]]
 
@@ -34,9 +35,12 @@ def _logits_per_example(model: torch.nn.Module, examples: list[list[int]]) -> li
     return list(logits.split([len(ids) for ids in examples]))
 
 
-def test_the_worker_uses_padding_free_batches_with_sdpa_on_the_cpu() -> None:
+def test_the_worker_uses_padding_free_batches_with_per_example_sdpa_on_the_cpu() -> None:
     plan = speed.plan(Training(), "cpu")
-    assert plan.padding_free and not plan.group_by_length and plan.attn_implementation == "sdpa"
+    assert plan.padding_free and not plan.group_by_length and plan.attn_implementation == "sdpa_packed"
+    assert speed.plan(Training(padding_free=False), "cpu").attn_implementation == "sdpa"
+    assert speed.plan(Training(attn_implementation="eager"), "cpu").attn_implementation == "eager"
+    assert speed.plan(Training(), "cpu", causal_lm=False).attn_implementation == "sdpa"  # padded batches
 
 
 def test_collator_flattens_without_padding_and_restarts_positions() -> None:
@@ -49,7 +53,7 @@ def test_collator_flattens_without_padding_and_restarts_positions() -> None:
     assert all(batch["labels"][0, s] == -100 for s in starts)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa_packed", "sdpa", "eager"])
 @pytest.mark.usefixtures("tiny_model")
 def test_packed_examples_do_not_attend_to_each_other(attn: str) -> None:
     model = _load(attn)
@@ -60,7 +64,7 @@ def test_packed_examples_do_not_attend_to_each_other(attn: str) -> None:
         torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa_packed", "sdpa", "eager"])
 @pytest.mark.usefixtures("tiny_model")
 def test_changing_one_example_changes_no_other(attn: str) -> None:
     model = _load(attn)
@@ -83,7 +87,7 @@ def test_gpu_only_knobs_are_dropped_on_the_cpu_with_a_warning_only_when_asked() 
     stored = Training.model_validate(Training().model_dump())  # a spec read back from the record sets every field
     assert speed.plan(stored, "cpu").warnings == [] and not speed.plan(stored, "cpu").use_liger_kernel
     plan = speed.plan(Training(torch_compile=True, attn_implementation="flash_attention_2"), "cpu")
-    assert not plan.torch_compile and plan.attn_implementation == "sdpa"
+    assert not plan.torch_compile and plan.attn_implementation == "sdpa_packed"  # sdpa, per example
     assert any("torch_compile" in w for w in plan.warnings) and any("flash_attention_2" in w for w in plan.warnings)
 
 
@@ -98,3 +102,39 @@ def test_the_check_sees_leakage_when_one_row_is_one_sequence() -> None:
     with torch.no_grad():
         alone = model(input_ids=torch.tensor([EXAMPLES[1]])).logits[0]
     assert not torch.allclose(second, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_examples_are_split_where_transformers_splits_them() -> None:
+    query = torch.zeros(1, 2, 9, 4)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 5, 6, 7]])  # a restart, and a jump: both start an example
+    assert packed_attention.segments(positions, query, query) == [(0, 3), (3, 5), (5, 6), (6, 9)]
+    assert packed_attention.segments(torch.arange(9)[None], query, query) is None  # one example: stock sdpa
+    assert packed_attention.segments(positions.repeat(2, 1), query.repeat(2, 1, 1, 1), query) is None  # padded
+    assert packed_attention.segments(None, query, query) is None
+
+
+@pytest.mark.usefixtures("tiny_model")
+def test_per_example_sdpa_trains_like_the_masked_one() -> None:
+    """Loss and every gradient of a packed batch equal stock sdpa's under its block-diagonal mask."""
+    batch = _packed(EXAMPLES)
+    grads = {}
+    for attn in ("sdpa", "sdpa_packed"):
+        model = _load(attn).train()
+        embeddings = model.get_input_embeddings().weight
+        embeddings.requires_grad_(True)
+        loss = model(**{k: batch[k] for k in ("input_ids", "position_ids", "labels")}).loss
+        loss.backward()
+        grads[attn] = (loss.detach(), embeddings.grad.clone())
+    torch.testing.assert_close(grads["sdpa_packed"][0], grads["sdpa"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads["sdpa_packed"][1], grads["sdpa"][1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("tiny_model")
+def test_a_padded_batch_falls_back_to_stock_sdpa() -> None:
+    ids = [[5, 17, 33, 90], [12, 8, 2, 2]]
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    logits = {}
+    for attn in ("sdpa", "sdpa_packed"):
+        with torch.no_grad():
+            logits[attn] = _load(attn)(input_ids=torch.tensor(ids), attention_mask=mask).logits
+    torch.testing.assert_close(logits["sdpa_packed"], logits["sdpa"])

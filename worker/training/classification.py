@@ -130,13 +130,14 @@ def run(
     tokenizer = modelling.load_tokenizer(spec.base_model)
     tokenizer.truncation_side = spec.training.truncation_side
     spec, warnings = adapters.fit_training(spec)
-    fast = speed.plan(spec.training, modelling.device_type())
+    fast = speed.plan(spec.training, modelling.device_type(), causal_lm=False)
     metrics = EvalMetrics(labels)
     report = ClassificationReport(report or LogReport(), metrics)
     for message in [*warnings, *fast.warnings]:
         report.warning(message)
     model = classifier.load_classifier(spec, labels, tokenizer, fast.attn_implementation)
     peft_model = classifier.add_adapter(model, spec)
+    speed.use_cpu_kernels(peft_model, fast)
     speed.keep_adapter_fp32(peft_model)  # LoRA and the head in fp32 (a bf16 base trains under autocast on a GPU)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)

@@ -113,6 +113,7 @@ def run(
     for message in fast.warnings:
         report.warning(message)
     peft_model = adapters.add_adapter(modelling.load_model(spec, fast.attn_implementation), spec)
+    speed.use_cpu_kernels(peft_model, fast)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)
 

@@ -25,6 +25,7 @@ class SpeedPlan:
     use_liger_kernel: bool = False
     torch_compile: bool = False
     fp32_adapter: bool = False  # keep LoRA weights in fp32: every CPU (cpu_trains_in_fp32)
+    cpu_kernels: bool = False  # CheapDropout and LeanLogProbs (worker/training/cpu_kernels.py): CPU only
     warnings: list[str] = field(default_factory=list)
 
 
@@ -53,13 +54,19 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def plan(t: Training, device: str) -> SpeedPlan:
+def plan(t: Training, device: str, causal_lm: bool = True) -> SpeedPlan:
     """Resolve the knobs; a GPU-only knob on the CPU is dropped, with a warning only when it is not the default.
+
+    `causal_lm=False` (the classifier): its padded batches never flatten, so attention stays the spec's.
 
     (Stored specs carry every field, so "set explicitly" is lost by the time a worker reads one.)
     """
     on_gpu = device == "cuda"
-    result = SpeedPlan(attn_implementation=t.attn_implementation, fp32_adapter=not on_gpu and cpu_trains_in_fp32())
+    result = SpeedPlan(
+        attn_implementation=t.attn_implementation,
+        fp32_adapter=not on_gpu and cpu_trains_in_fp32(),
+        cpu_kernels=t.cpu_kernels and not on_gpu,
+    )
     if t.attn_implementation == "flash_attention_2" and not (on_gpu and _installed("flash_attn")):
         result.attn_implementation = "sdpa"
         result.warnings.append("flash_attention_2 needs a GPU and the flash-attn package; using sdpa")
@@ -68,6 +75,11 @@ def plan(t: Training, device: str) -> SpeedPlan:
     flat_ok = not on_gpu or result.attn_implementation == "flash_attention_2"
     result.padding_free = t.padding_free and not t.packing and flat_ok
     result.group_by_length = t.padding_free and not t.packing and not flat_ok
+    if causal_lm and result.padding_free and result.attn_implementation == "sdpa":
+        # SDPA per example of the flattened row instead of over all of it under a block-diagonal mask.
+        from worker.training import packed_attention
+
+        result.attn_implementation = packed_attention.NAME
     for knob, installed in (("use_liger_kernel", _installed("liger_kernel")), ("torch_compile", True)):
         if not getattr(t, knob):
             continue
@@ -102,6 +114,15 @@ def keep_adapter_fp32(model: torch.nn.Module) -> None:
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+
+
+def use_cpu_kernels(model: torch.nn.Module, fast: SpeedPlan) -> None:
+    """The plan's CPU kernels on this model: cheap LoRA dropout, and the lean LM head for TRL's fused loss."""
+    from worker.training import cpu_kernels
+
+    cpu_kernels.use_lean_lm_head(fast.cpu_kernels)  # on or off: the hook outlives the job that installed it
+    if fast.cpu_kernels:
+        cpu_kernels.use_cheap_dropout(model)
 
 
 def peak_memory_bytes() -> int:
