@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import Forbidden, Invalid, Unauthorized
 from app.models import ApiKey
@@ -70,16 +71,15 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
     return Caller(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
 
 
-def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator dependency
+async def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator dependency
+    """The request's session. Async, so FastAPI does not hop to a worker thread to open it (a session touches no
+    database until its first query); the commit, which may write and fsync, still runs in a worker thread."""
     session = request.app.state.sessionmaker()
     try:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        await run_in_threadpool(session.commit)
     finally:
-        session.close()
+        session.close()  # rolls back whatever was not committed (an error) and returns the connection
 
 
 # scope="function": the commit happens before the response is sent. (A request-scoped dependency's exit code runs
