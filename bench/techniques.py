@@ -20,8 +20,10 @@ class Variant:
     reentrant: bool = False
     compute_dtype: str = "auto"  # "auto": ours (bf16 on a GPU or a CPU with bf16 units, else fp32)
     upcast: bool = False  # prepare_model_for_kbit_training's fp32 casts
-    attn: str = "sdpa"
+    attn: str = "auto"  # "auto": ours (sdpa per example of a flattened batch on the CPU, sdpa on a GPU)
     adapter_dtype: str = "auto"  # "auto": ours (fp32 on a CPU without bf16 units, TRL's bf16 elsewhere)
+    cheap_dropout: bool = True  # CPU: LoRA dropout with 16-bit random draws (cpu_kernels.CheapDropout)
+    lean_head: bool = True  # CPU: the fused LM head's loss through cpu_kernels.LeanLogProbs, not TRL's CPU path
 
 
 def techniques(cuda: bool) -> list[tuple[str, Variant]]:
@@ -35,8 +37,27 @@ def techniques(cuda: bool) -> list[tuple[str, Variant]]:
         ),
         ("no fp32 upcast of other layers (vs prepare_model_for_kbit_training)", Variant(upcast=True)),
         ("sdpa attention (vs eager)", Variant(attn="eager")),
-        *([] if cuda else [("fp32 LoRA weights (vs TRL's bf16 cast) on this CPU", Variant(adapter_dtype="bfloat16"))]),
+        *(
+            []
+            if cuda
+            else [
+                ("fp32 LoRA weights (vs TRL's bf16 cast) on this CPU", Variant(adapter_dtype="bfloat16")),
+                ("sdpa per example (vs over the flattened row, block-diagonal mask)", Variant(attn="sdpa")),
+                ("LoRA dropout, 16-bit draws (vs torch's bernoulli_)", Variant(cheap_dropout=False)),
+                ("lean fused LM head (vs TRL's CPU fallback)", Variant(lean_head=False)),
+            ]
+        ),
     ]
+
+
+def _attn(v: Variant, cuda: bool) -> str:
+    if v.attn != "auto":
+        return v.attn
+    if cuda or not v.padding_free:
+        return "sdpa"
+    from worker.training import packed_attention
+
+    return packed_attention.NAME
 
 
 def _model(v: Variant, model_dir: Path, w: Workload) -> Any:
@@ -54,7 +75,7 @@ def _model(v: Variant, model_dir: Path, w: Workload) -> Any:
     qconfig = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
     )
-    kwargs: dict[str, Any] = {"quantization_config": qconfig, "attn_implementation": v.attn}
+    kwargs: dict[str, Any] = {"quantization_config": qconfig, "attn_implementation": _attn(v, cuda)}
     kwargs["dtype"] = torch.bfloat16 if cuda else torch.float32
     if cuda:
         kwargs["device_map"] = {"": 0}
@@ -68,8 +89,16 @@ def _model(v: Variant, model_dir: Path, w: Workload) -> Any:
             param.requires_grad = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # the loss as SFTTrainer computes it
     lora = LoraConfig(r=w.lora_r, lora_alpha=w.lora_alpha, lora_dropout=w.lora_dropout, target_modules="all-linear")
     model = get_peft_model(model, lora)
+    if v.cheap_dropout and not cuda:
+        from worker.training.cpu_kernels import use_cheap_dropout
+
+        use_cheap_dropout(model)
+    model.lean_head = v.lean_head and not cuda
     adapter = {"auto": torch.bfloat16 if fast_bf16 else torch.float32, "bfloat16": torch.bfloat16}[v.adapter_dtype]
     for param in model.parameters():
         if param.requires_grad:
@@ -106,13 +135,16 @@ def _inputs(batch: list[list[int]], padding_free: bool, device: str) -> dict[str
 def _step(model: Any, inputs: dict[str, Any]) -> tuple[float, int]:
     import torch
 
+    from worker.training.cpu_kernels import use_lean_lm_head
+
+    use_lean_lm_head(model.lean_head)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-        model(**inputs).loss.backward()
+        model(**inputs, fused_lm_head=True).loss.backward()
     if cuda:
         torch.cuda.synchronize()
     model.zero_grad(set_to_none=True)
