@@ -36,7 +36,7 @@ def techniques(cuda: bool) -> list[tuple[str, Variant]]:
             Variant(compute_dtype="float32" if cuda else "bfloat16"),
         ),
         ("no fp32 upcast of other layers (vs prepare_model_for_kbit_training)", Variant(upcast=True)),
-        ("sdpa attention (vs eager)", Variant(attn="eager")),
+        ("sdpa attention, per example on a CPU (vs eager)", Variant(attn="eager")),
         *(
             []
             if cuda

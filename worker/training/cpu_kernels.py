@@ -30,6 +30,8 @@ MIN_TOKENS = 64
 def tile_tokens(vocab: int) -> int:
     """Tokens per logits tile for this vocabulary (app/estimate.py counts the same tiles)."""
     return max(MIN_TOKENS, min(TOKEN_CHUNK, TILE_ELEMENTS // max(vocab, 1)))
+
+
 _INT16_SPAN = 1 << 16
 
 
