@@ -12,7 +12,7 @@ from app import limits, storage
 from app.db import session_scope
 from app.queue import enqueue_training
 from app.spec import JobSpec
-from worker import model_card, record
+from worker import frame_stack, model_card, record
 from worker.artifacts import pack_directory
 from worker.drain import clear_draining, mark_draining
 from worker.oom import is_out_of_memory, smaller_micro_batch
@@ -60,7 +60,7 @@ def run_job(job_id: str, worker: str) -> str:
     """Run one attempt; returns what became of it (succeeded, failed, cancelled, requeued, skipped)."""
     _drain_on_sigterm()
     try:
-        return _attempt(job_id, worker)
+        return frame_stack.call(_attempt, job_id, worker)  # one roomy frame-stack chunk: see worker/frame_stack.py
     finally:
         clear_draining(os.getpid())
 

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from worker import frame_stack
 from worker.training.distributed import RankReport, die_with_parent, outcome_of
 
 log = logging.getLogger("worker.ddp")
@@ -36,7 +37,8 @@ def main(request_path: str) -> int:
     report = RankReport(reporter, rank)
     result, error = None, None
     try:
-        result = recipe.run(
+        result = frame_stack.call(  # one roomy frame-stack chunk: see worker/frame_stack.py
+            recipe.run,
             spec,
             Path(request["dataset_path"]) if request["dataset_path"] else None,
             Path(request["out_dir"]),
