@@ -1,11 +1,12 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Playwright): sign in, upload a dataset,
 submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.integration.conftest import Stack
 from tests.integration.test_end_to_end import quotes_jsonl
@@ -79,10 +80,27 @@ def submit_through_the_form(page: Page, tmp_path: Path) -> str:
     return page.url.rsplit("/", 1)[-1]
 
 
+def hold_the_first_curve_until_the_job_runs(page: Page, stack: Stack) -> None:
+    """The job page reads the curve, then the record, then follows the events from the curve's last event. Holding
+    the first curve request until the worker has claimed the job puts the `running` status event before the point
+    the stream resumes from, every time: the page must still show `running` (it showed `queued` for the whole run
+    when it read the record first)."""
+
+    def hold(route: Route) -> None:
+        job_id = route.request.url.split("/jobs/", 1)[1].split("/", 1)[0]
+        deadline = time.monotonic() + LIVE_TIMEOUT_MS / 1000
+        while stack.client.get(f"/jobs/{job_id}").json()["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        route.continue_()
+
+    page.route("**/jobs/*/metrics*", hold, times=1)
+
+
 def test_sign_in_submit_watch_the_curve_grow_and_cancel(stack: Stack, page: Page, tmp_path: Path) -> None:
     sign_in(page, stack)
+    hold_the_first_curve_until_the_job_runs(page, stack)
     job_id = submit_through_the_form(page, tmp_path)
-    expect(page.locator("#job-title")).to_have_text("browser-job")
+    expect(page.locator("#job-title")).to_have_text("browser-job", timeout=LIVE_TIMEOUT_MS)  # once it runs
     expect(page.locator("#job-spec")).to_contain_text('"template": "{quote} ->: {tags}"')
 
     page.wait_for_function(

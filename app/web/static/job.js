@@ -171,9 +171,11 @@ export function jobView(view, api, jobId, onUnauthorized) {
 
   (async () => {
     try {
-      await refreshJob();
+      // The curve first, then the record: the events stream resumes after the curve's last event, so a status
+      // change between the two requests is in the record (the worker commits before it publishes) and never lost.
       const curve = await api.request("GET", `/jobs/${jobId}/metrics?max_points=2000`);
       lastEventId = curve.headers.get("X-Last-Event-ID");
+      await refreshJob();
       addTrain(curve.body.train);
       charts.loss.setPoints(1, curve.body.eval.map((p) => ({ x: p.step, y: p.eval_loss })));
       await refreshArtifacts();
