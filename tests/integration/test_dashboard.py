@@ -1,14 +1,13 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Playwright): sign in, upload a dataset,
 submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved."""
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import TERMINAL, Stack
 from tests.integration.test_end_to_end import quotes_jsonl
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`apt-get install chromium`); Playwright downloads nothing
@@ -88,10 +87,10 @@ def hold_the_first_curve_until_the_job_runs(page: Page, stack: Stack) -> None:
 
     def hold(route: Route) -> None:
         job_id = route.request.url.split("/jobs/", 1)[1].split("/", 1)[0]
-        deadline = time.monotonic() + LIVE_TIMEOUT_MS / 1000
-        while stack.client.get(f"/jobs/{job_id}").json()["status"] == "queued" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        route.continue_()
+        try:
+            stack.wait(job_id, LIVE_TIMEOUT_MS / 1000, until={"running", "cancelling", *TERMINAL})
+        finally:
+            route.continue_()  # the page goes on either way; a job that never ran fails the checks below
 
     page.route("**/jobs/*/metrics*", hold, times=1)
 
