@@ -66,11 +66,10 @@ class JobReporter:
 
     def checkpoint(self, step: int, path: Path) -> None:
         """Pack the checkpoint's adapter for download and record it; its optimizer state stays for resuming
-        (and goes to the object store too, for a resume on another machine: worker/resume.py)."""
+        (and, once recorded, goes to the object store too, for a resume on another machine: worker/resume.py)."""
         dest = storage.job_dir(self.job_id) / "checkpoints" / f"checkpoint-{step}.tar.gz"
         size, sha = pack_directory(path, dest, only=CHECKPOINT_FILES)
         storage.publish(dest)
-        save_resumable(self.job_id, step, path)
         with session_scope() as session:
             record.add_artifact(
                 session,
@@ -82,6 +81,7 @@ class JobReporter:
                 size_bytes=size,
                 sha256=sha,
             )
+        save_resumable(self.job_id, step, path)
         self._publish("checkpoint", {"step": step, "name": f"checkpoint-{step}"})
 
     # --- lifecycle ---

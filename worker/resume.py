@@ -2,9 +2,10 @@
 kept in the object store, so a job whose worker disappeared resumes on any other machine.
 
 With the local backend FT_DATA_DIR is the shared store and `jobs/<id>/trainer/checkpoint-N` is already where the next
-attempt looks, so nothing is copied. With S3 each complete checkpoint is also packed, `.complete` marker included, as
+attempt looks, so nothing is copied. With S3 each checkpoint, once recorded, is also packed as
 `jobs/<id>/resume/checkpoint-N.tar.gz` (only the newest is kept); a worker that lacks it locally downloads and unpacks
-it into its own trainer directory before resuming. The packed adapter-only checkpoints (downloads) are separate.
+it into its own trainer directory, marked complete (an archive in the store was uploaded whole), before resuming.
+The packed adapter-only checkpoints (downloads) are separate.
 """
 
 import logging
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from app import storage
 from worker.artifacts import pack_directory
-from worker.training.checkpoints import latest_complete_checkpoint
+from worker.training.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 
 log = logging.getLogger(__name__)
 RESUME_ARCHIVE = re.compile(r"/resume/checkpoint-(\d+)\.tar\.gz$")
@@ -25,7 +26,7 @@ def _resume_prefix(job_id: str) -> str:
 
 
 def save_resumable(job_id: str, step: int, checkpoint_dir: Path) -> None:
-    """Upload a complete Trainer checkpoint (S3 only) and drop the older ones from the store."""
+    """Upload a recorded Trainer checkpoint (S3 only) and drop the older ones from the store."""
     if storage.is_shared_disk():
         return
     archive = storage.job_dir(job_id) / "resume" / f"checkpoint-{step}.tar.gz"
@@ -49,7 +50,7 @@ def latest_resumable(job_id: str, trainer_dir: Path) -> tuple[int, Path] | None:
     step, key = max(stored)
     log.info("job %s: fetching checkpoint-%d from the store to resume from it", job_id, step)
     archive = storage.cached(key)
-    storage.unpack(archive, trainer_dir / f"checkpoint-{step}")
+    (storage.unpack(archive, trainer_dir / f"checkpoint-{step}") / COMPLETE_MARKER).touch()
     archive.unlink(missing_ok=True)
     return latest_complete_checkpoint(trainer_dir)
 

@@ -25,7 +25,10 @@ def latest_complete_checkpoint(trainer_dir: Path) -> tuple[int, Path] | None:
 
 class CheckpointCallback(TrainerCallback):
     """After the Trainer has saved a checkpoint, add `extra_files` (name -> text, e.g. a classifier's labels.json),
-    mark it complete and report it."""
+    report it, then mark it complete.
+
+    Reported (packed, recorded) before it is marked: a later attempt resumes only from a checkpoint the job lists.
+    A worker killed in between resumes from the checkpoint before and saves this one again."""
 
     def __init__(self, report: Report, extra_files: dict[str, str] | None = None):
         self.report = report
@@ -38,11 +41,12 @@ class CheckpointCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if path.is_dir():
-            for name, text in self.extra_files.items():
-                (path / name).write_text(text)
-            (path / COMPLETE_MARKER).touch()
-            self.report.checkpoint(state.global_step, path)
+        if not state.is_world_process_zero or not path.is_dir():
+            return  # a multi-process job's ranks share one checkpoint: rank 0 reports and marks it
+        for name, text in self.extra_files.items():
+            (path / name).write_text(text)
+        self.report.checkpoint(state.global_step, path)
+        (path / COMPLETE_MARKER).touch()
 
 
 class InjectedOutOfMemory(TrainerCallback):
