@@ -5,30 +5,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import (
-    admin,
-    datasets,
-    evaluations,
-    events,
-    exports,
-    generate,
-    health,
-    jobs,
-    metrics,
-    openai_compat,
-    predict,
-    usage,
-    validate,
-)
-from app.config import settings
-from app.db import SessionLocal
-from app.errors import install_error_handlers
-from app.observability import install_observability
-from app.reconciler import Reconciler
-from app.retention import RetentionSweeper
-from app.security import install_security
+from app.checks import endpoints as validate
+from app.core.config import settings
+from app.core.db import SessionLocal
+from app.core.errors import install_error_handlers
+from app.core.security import install_security
+from app.datasets import endpoints as datasets
+from app.inference import evaluations, exports, generate, predict
+from app.jobs import endpoints as jobs
+from app.jobs.reconciler import Reconciler
+from app.jobs.retention import RetentionSweeper
+from app.jobs.webhooks import WebhookDeliverer
+from app.observability import health, metrics
+from app.observability import stream as events
+from app.observability.prometheus import install_observability
+from app.openai import endpoints as openai_compat
+from app.tenants import endpoints as admin
+from app.tenants import usage
 from app.web import mount_dashboard
-from app.webhooks import WebhookDeliverer
 
 
 @asynccontextmanager

@@ -92,16 +92,16 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Where the job waits (app/queue.py routing) and its spec priority: denormalised for queue_position.
+    # Where the job waits (app/broker/queue.py routing) and its spec priority: denormalised for queue_position.
     queue: Mapped[str | None] = mapped_column(String(200))
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
-    # What the job ran with (data and format hashes, library versions, device, seed): app/lineage.py.
+    # What the job ran with (data and format hashes, library versions, device, seed): app/spec/lineage.py.
     lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # Base model vs adapter on the eval data (loss, perplexity, label accuracy): worker/evaluation.py.
+    # Base model vs adapter on the eval data (loss, perplexity, label accuracy): worker/training/evaluation.py.
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # Memory, time and GPU-hours estimated at submission, and what auto_fit_batch changed: app/api/estimate_service.py.
+    # Memory, time and GPU-hours estimated at submission, and what auto_fit_batch changed: app/checks/estimate.py.
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # When DELETE /jobs/{id}?keep_metrics=true or retention removed the job's files (its record and metrics stay).
     artifacts_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -154,7 +154,7 @@ class Export(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Set by the worker while it runs; app/reaper.py fails a `running` export whose heartbeat went stale.
+    # Set by the worker while it runs; app/inference/reaper.py fails a `running` export whose heartbeat went stale.
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -171,7 +171,7 @@ class Evaluation(Base):
     dataset_id: Mapped[str | None] = mapped_column(String(40))
     options: Mapped[dict[str, Any]] = mapped_column(JSON)  # max_examples, include_base, max_new_tokens
     status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, succeeded, failed
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # worker/evaluation.py's compare() record
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # worker/training/evaluation.py's compare() record
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -101,7 +101,7 @@ def insert_points(job_id: str, n: int) -> None:
     """n train points for one job, inserted straight into SQL in a few large batches."""
     from sqlalchemy import insert
 
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.models import MetricPoint, utcnow
 
     now = utcnow()

@@ -76,7 +76,7 @@ def _machine(argv: list[str]) -> dict[str, Any]:
 
 def train_one(method: str, lr: float, w: Workload, workdir: Path) -> dict[str, Any]:
     """Train one method in this process and measure it (the child's side)."""
-    from app.spec import JobSpec
+    from app.spec.job import JobSpec
     from bench.workload import eval_loss
     from worker.training import recipe
 
@@ -122,7 +122,7 @@ def count_on_tinyllama() -> None:
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from app.spec import JobSpec
+    from app.spec.job import JobSpec
     from bench.workload import TINYLLAMA_MODEL
     from worker.training.adapters import peft_config
 

@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--workload", type=json.loads, default="{}")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from app.spec import JobSpec
+    from app.spec.job import JobSpec
     from worker.training import recipe
     from worker.training.progress import LogReport
 

@@ -8,7 +8,7 @@ from bench.service import Service
 
 def insert_job(tenant: str, **fields: Any) -> str:
     """A job row written straight into SQL (for measurements that need a job but no training)."""
-    from app.db import session_scope
+    from app.core.db import session_scope
     from app.models import Job
 
     with session_scope() as session:
@@ -53,7 +53,7 @@ def reporting_cost(tenant: str, steps: int = 300) -> dict[str, float]:
 
 def model_load_seconds(spec: dict[str, Any]) -> float:
     """Time to load the 4-bit base and add LoRA in a process that has torch imported, as a warm worker has."""
-    from app.spec import JobSpec
+    from app.spec.job import JobSpec
     from worker.training import model as modelling
 
     job_spec = JobSpec.model_validate(spec)

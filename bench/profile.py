@@ -26,7 +26,7 @@ def main() -> None:
     import trl
     from torch.profiler import ProfilerActivity, profile
 
-    from app.spec import JobSpec
+    from app.spec.job import JobSpec
     from bench.workload import BENCH_MODEL, Workload, job_spec, make_model, write_dataset
     from worker.training import recipe
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from app.localstack import LocalStack
 from bench.workload import Workload, job_spec
+from ftctl.localstack import LocalStack
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -44,7 +44,7 @@ class Service:
     @classmethod
     def start(cls, env: dict[str, str], log_dir: Path) -> "Service":
         stack = LocalStack(env=env, log_dir=log_dir).start()
-        argv = [sys.executable, "-m", "app.cli", "keys", "create", "bench"]
+        argv = [sys.executable, "-m", "ftctl.main", "keys", "create", "bench"]
         key = subprocess.run(argv, env=stack.env, check=True, capture_output=True, text=True).stdout.split()[-1]
         client = httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
         service = cls(stack, client)

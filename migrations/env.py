@@ -4,8 +4,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from app.config import settings
-from app.db import make_engine
+from app.core.config import settings
+from app.core.db import make_engine
 from app.models import Base
 
 if context.config.config_file_name is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# Set before any `app` import: app.config reads the environment once.
+# Set before any `app` import: app.core.config reads the environment once.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="ft-tests-"))
 MODELS_DIR = SESSION_DIR / "models"
 os.environ["FT_DATA_DIR"] = str(SESSION_DIR / "in-process")

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from app.localstack import free_port
+from ftctl.localstack import free_port
 
 # moto accepts any credentials; boto3 insists on having some.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

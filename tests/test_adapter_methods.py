@@ -15,7 +15,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from app.spec import JobSpec
+from app.spec.job import JobSpec
 from tests.conftest import MODELS_DIR, TINY_MODEL
 from worker.artifacts import pack_directory
 from worker.training import adapters, recipe

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from app import classification as rows_of
-from app.examples import RowError
-from app.sentiment_samples import held_out_rows, install_minilm, training_rows
-from app.spec import JobSpec
+from app.checks import classification as rows_of
+from app.spec.examples import RowError
+from app.spec.job import JobSpec
+from ftctl.sentiment_samples import held_out_rows, install_minilm, training_rows
 from tests.conftest import MODELS_DIR
 from worker.training import recipe
 from worker.training.classification_metrics import classification_metrics

@@ -13,7 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
-from app.spec import JobSpec, Training
+from app.spec.job import JobSpec, Training
 from tests.conftest import TINY_MODEL
 from worker.training import adapters, cpu_kernels, recipe, speed
 from worker.training import model as modelling

@@ -9,11 +9,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.lineage import clone_spec, deep_merge, format_hash, library_versions
-from app.spec import JobSpec
+from app.spec.job import JobSpec
+from app.spec.lineage import clone_spec, deep_merge, format_hash, library_versions
 from worker.export import merge_adapter
-from worker.generation import format_prompt, prompt_and_target, template_prompt_part
 from worker.model_card import loss_curve_png, write_model_card
+from worker.training.generation import format_prompt, prompt_and_target, template_prompt_part
 
 
 def _spec(**overrides: object) -> JobSpec:

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from app.dataset_files import parse_dataset
-from app.spec import JobSpec
+from app.datasets.files import parse_dataset
+from app.spec.job import JobSpec
 from tests.conftest import TINY_MODEL
 from tests.unit.test_hub_datasets import mirror_hub_dataset
 from worker.training import recipe

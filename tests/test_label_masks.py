@@ -1,6 +1,6 @@
 """Exact loss masks on the tiny model, read from the batch the real SFTTrainer feeds it, and the API's copy of them.
 
-POST /jobs/validate computes masks without torch (app.tokenization); these tests hold it to what TRL does.
+POST /jobs/validate computes masks without torch (app.checks.tokenization); these tests hold it to what TRL does.
 """
 
 from pathlib import Path
@@ -9,9 +9,9 @@ import pytest
 from datasets import Dataset
 from trl import SFTTrainer
 
-from app.examples import to_example
-from app.spec import JobSpec
-from app.tokenization import read_model_tokenizer, tokenize_example
+from app.checks.tokenization import read_model_tokenizer, tokenize_example
+from app.spec.examples import to_example
+from app.spec.job import JobSpec
 from tests.conftest import TINY_MODEL
 from worker.training import data, recipe
 from worker.training import model as modelling

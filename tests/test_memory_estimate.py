@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from app.estimate import CPU, memory, peak_batch
-from app.model_shape import ModelShape
-from app.spec import JobSpec
+from app.fleet.estimate import CPU, memory, peak_batch
+from app.fleet.model_shape import ModelShape
+from app.spec.job import JobSpec
 
 TOLERANCE = 0.20  # |estimate / measured - 1|; docs/estimates.md says why
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "books", "time", "love", "good", "bad")
@@ -122,7 +122,7 @@ def _tensor_bytes(model: Any) -> int:
 
 @pytest.mark.parametrize("quantization", [{"bits": 4}, {"bits": 4, "double_quant": False}, None])
 def test_weights_match_the_estimate(tiny_model: Path, quantization: dict | None) -> None:
-    from app.estimate import _weight_bytes
+    from app.fleet.estimate import _weight_bytes
     from worker.training.model import load_model
 
     spec = job_spec(tiny_model.name, {"quantization": quantization}, 1, 64)

@@ -8,7 +8,7 @@ its logits alone, and changing one example changes no other.
 import pytest
 import torch
 
-from app.spec import JobSpec, Training
+from app.spec.job import JobSpec, Training
 from tests.conftest import TINY_MODEL
 from worker.training import model as modelling
 from worker.training import packed_attention, speed

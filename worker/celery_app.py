@@ -8,8 +8,8 @@ import sys
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from app.config import settings
-from app.queue import celery_config, worker_queues
+from app.broker.queue import celery_config, worker_queues
+from app.core.config import settings
 from worker.drain import clear_draining, mark_draining
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def declared_resources() -> tuple[int, float | None]:
 
 
 def training_queues() -> list[Queue]:
-    """The queues a worker started without -Q consumes: every job this machine can run (app/queue.py)."""
+    """The queues a worker started without -Q consumes: every job this machine can run (app/broker/queue.py)."""
     # Each bound as Celery binds a queue it creates on the fly (the API's send_task does): exchange and key = name.
     return [Queue(name, Exchange(name), routing_key=name) for name in worker_queues(*declared_resources())]
 

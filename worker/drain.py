@@ -24,7 +24,7 @@ def clear_draining(pid: int | None = None) -> None:
 def is_draining() -> bool:
     """True when this process's worker (its parent in the prefork pool, or itself when solo) is shutting down.
 
-    A rank of a multi-process job (worker/training/distributed.py) watches the pids in FT_DRAIN_PIDS instead:
+    A rank of a multi-process job (worker/distributed.py) watches the pids in FT_DRAIN_PIDS instead:
     the task process that started torchrun and that task's Celery parent."""
     pids = [os.getppid(), os.getpid()]
     pids += [int(p) for p in os.environ.get("FT_DRAIN_PIDS", "").split(",") if p.strip().isdigit()]

@@ -14,10 +14,10 @@ from sqlalchemy import update
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app import storage
-from app.db import SessionLocal, session_scope
+from app.core.db import SessionLocal, session_scope
+from app.inference.reaper import heartbeat
 from app.models import Export, utcnow
-from app.reaper import heartbeat
-from app.spec import JobSpec
+from app.spec.job import JobSpec
 from worker import record
 from worker.artifacts import pack_directory
 from worker.training import model as modelling

@@ -2,7 +2,7 @@
 
 Predict: a classification job's adapter labels texts; the answer goes to the call.
 
-The API records the call and waits on it (app/worker_calls.py, shared with generate and exports). Loaded models
+The API records the call and waits on it (app/broker/calls.py, shared with generate and exports). Loaded models
 stay in a small LRU cache keyed by job and adapter checksum, so only a job's first request pays for loading. That
 needs the tasks to run in the worker process itself: start the inference worker with `--pool solo`
 (docs/operations.md); under the training worker's prefork pool each request loads the model again.
@@ -19,15 +19,16 @@ from typing import Any
 
 from sqlalchemy import update
 
-from app import storage, worker_calls
-from app.api.evaluations_service import EVALUATE_TASK
-from app.db import SessionLocal, session_scope
+from app import storage
+from app.broker import calls as worker_calls
+from app.core.db import SessionLocal, session_scope
+from app.inference.evaluations_service import EVALUATE_TASK
+from app.inference.reaper import heartbeat
 from app.models import Evaluation, utcnow
-from app.reaper import heartbeat
-from app.spec import JobSpec
-from worker import evaluation, record
+from app.spec.job import JobSpec
+from worker import record
 from worker.celery_app import app
-from worker.training import data
+from worker.training import data, evaluation
 from worker.training.classifier import LABELS_FILE, TrainedClassifier
 from worker.training.errors import TrainingError
 

@@ -8,18 +8,19 @@ import socket
 import threading
 from pathlib import Path
 
-from app import limits, storage
-from app.db import session_scope
-from app.queue import enqueue_training
-from app.spec import JobSpec
-from worker import frame_stack, model_card, record
+from app import storage
+from app.broker.queue import enqueue_training
+from app.core.db import session_scope
+from app.spec.job import JobSpec
+from app.tenants import limits
+from worker import distributed, frame_stack, model_card, record
 from worker.artifacts import pack_directory
 from worker.drain import clear_draining, mark_draining
 from worker.oom import is_out_of_memory, smaller_micro_batch
 from worker.report import JobReporter
 from worker.resume import discard_resumable, latest_resumable
-from worker.training import distributed, recipe
 from worker.training import model as modelling
+from worker.training import recipe
 from worker.training.errors import Cancelled, Drained, TrainingError
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _attempt(job_id: str, worker: str) -> str:
 def _train(
     job_id: str, worker: str, spec: JobSpec, out_dir: Path, reporter: JobReporter, resume_from: Path | None
 ) -> recipe.TrainingResult:
-    """In this process, or across `resources.gpus` processes with torchrun (worker/training/distributed.py)."""
+    """In this process, or across `resources.gpus` processes with torchrun (worker/distributed.py)."""
     if distributed.world_size(spec) > 1:
         return distributed.run(
             spec,

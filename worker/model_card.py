@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.db import session_scope
+from app.core.db import session_scope
 from app.models import Job
-from app.spec import JobSpec
+from app.spec.job import JobSpec
 from worker import record
 
 log = logging.getLogger(__name__)

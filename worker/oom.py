@@ -2,7 +2,7 @@
 
 import math
 
-from app.spec import Training
+from app.spec.job import Training
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

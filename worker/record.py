@@ -7,10 +7,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.config import settings
-from app.lineage import job_lineage
+from app.core.config import settings
 from app.models import Artifact, Dataset, Job, MetricPoint, utcnow
-from app.spec import JobSpec
+from app.spec.job import JobSpec
+from app.spec.lineage import job_lineage
 
 POINT_COLUMNS = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "num_tokens"}
 
@@ -167,7 +167,7 @@ def discard_deleted_outputs(session: Session, job_id: str) -> bool:
 
 
 def set_lineage(session: Session, job_id: str, spec: JobSpec, device: str) -> dict[str, Any]:
-    """Record what this attempt runs with (app/lineage.py): data and format hashes, libraries, device, seed."""
+    """Record what this attempt runs with (app/spec/lineage.py): data and format hashes, libraries, device, seed."""
     shas = [
         session.scalar(select(Dataset.sha256).where(Dataset.id == ref)) if isinstance(ref, str) else None
         for ref in (spec.dataset, spec.validation_dataset)

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import events, storage
-from app.config import settings
-from app.db import session_scope
+from app import storage
+from app.broker import events
+from app.core.config import settings
+from app.core.db import session_scope
 from worker import record
 from worker.artifacts import pack_directory
 from worker.drain import is_draining

@@ -1,15 +1,15 @@
 """Celery tasks, kept thin: the task names the job; worker/job_runner.py claims, runs and records it."""
 
-from app.queue import TRAIN_TASK
-from app.webhooks import notify_job_finished
-from app.worker_calls import EXPORT_TASK, GENERATE_TASK, PREDICT_TASK
+from app.broker.calls import EXPORT_TASK, GENERATE_TASK, PREDICT_TASK
+from app.broker.queue import TRAIN_TASK
+from app.jobs.webhooks import notify_job_finished
 from worker.celery_app import app
 from worker.export import run_export
-from worker.generation import run_generation
 from worker.inference import run_prediction
 
 # Imported here, in the worker's parent process, so each forked child starts a job without re-importing torch.
 from worker.job_runner import run_job, worker_name
+from worker.training.generation import run_generation
 
 
 @app.task(name=TRAIN_TASK)

@@ -13,7 +13,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from app.config import settings
+from app.core.config import settings
 from app.storage.backend import Store
 from app.storage.local import LocalStore, remove_tree, tree_size
 

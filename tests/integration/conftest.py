@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.localstack import LocalStack, free_port
+from ftctl.localstack import LocalStack, free_port
 from tests.conftest import MODELS_DIR
 
 POSTGRES_ADMIN_URL = os.environ.get("FT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -33,7 +33,7 @@ class Stack:
         return httpx.Client(base_url=self.local.base_url, timeout=30)
 
     def make_key(self, name: str, tenant: str | None = None) -> str:
-        argv = [sys.executable, "-m", "app.cli", "keys", "create", name, *(["--tenant", tenant] if tenant else [])]
+        argv = [sys.executable, "-m", "ftctl.main", "keys", "create", name, *(["--tenant", tenant] if tenant else [])]
         out = subprocess.run(argv, env=self.local.env, check=True, capture_output=True, text=True)
         return out.stdout.strip().splitlines()[-1]
 

@@ -16,9 +16,9 @@ import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
-from app.localstack import LocalStack
+from app.core.db import make_engine
 from app.models import Job, utcnow
+from ftctl.localstack import LocalStack
 from tests.integration.conftest import Stack
 
 
@@ -74,5 +74,5 @@ def cancel_queued(stack: Stack, tenants: list[str]) -> None:
 
 def ftctl(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     """`ftctl ...` against the stack's database, as an operator runs it."""
-    argv = [sys.executable, "-m", "app.cli", *args]
+    argv = [sys.executable, "-m", "ftctl.main", *args]
     return subprocess.run(argv, env=stack.local.env, check=True, capture_output=True, text=True)

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
-from app.localstack import LocalStack
+from app.core.db import make_engine
 from app.models import Dataset, Job, utcnow
+from ftctl.localstack import LocalStack
 from tests.conftest import MODELS_DIR
 from tests.integration.conftest import Stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
@@ -171,7 +171,7 @@ def test_usage(tenant: Stack, stack: Stack) -> None:
     )
     assert usage["cpu_hours"] > 0 and usage["gpu_hours"] == 0  # the test workers have no GPU
     assert stack.client.get("/usage", params={"tenant": usage["tenant"]}).status_code == 403  # not an admin
-    argv = [sys.executable, "-m", "app.cli", "keys", "create", f"ops-{stack.name}", "--admin"]
+    argv = [sys.executable, "-m", "ftctl.main", "keys", "create", f"ops-{stack.name}", "--admin"]
     admin_key = subprocess.run(argv, env=stack.local.env, check=True, capture_output=True, text=True)
     admin = stack.client_for(admin_key.stdout.strip().splitlines()[-1])
     assert admin.get("/usage", params={"tenant": usage["tenant"]}).json()["jobs"] == usage["jobs"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from app.cli_jobs import SseEvent, iter_sse
-from app.webhooks import verify_signature
+from app.jobs.webhooks import verify_signature
+from ftctl.jobs import SseEvent, iter_sse
 from tests.integration.conftest import Stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 from tests.webhook_receiver import Received, WebhookReceiver
@@ -74,7 +74,7 @@ def followed(stack: Stack) -> Iterator[FollowedJob]:
         job = stack.client.post("/jobs", json={**spec, "webhook_url": receiver.url}).json()
         env = {**stack.local.env, "FT_API_URL": stack.local.base_url, "FT_API_KEY": stack.key}
         cli = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "jobs", "logs", job["id"], "--follow"],
+            [sys.executable, "-m", "ftctl.main", "jobs", "logs", job["id"], "--follow"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.queue import broker_queue_length
+from app.broker.queue import broker_queue_length
 from tests.conftest import MODELS_DIR
 from tests.integration.conftest import TERMINAL, Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
@@ -169,7 +169,7 @@ def _ranks_of(job_id: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "worker.training.ddp_main" in cmdline and job_id in cmdline and "torch.distributed.run" not in cmdline:
+        if "worker.ddp_main" in cmdline and job_id in cmdline and "torch.distributed.run" not in cmdline:
             found.append(int(proc.name))
     return found
 

@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
+from app.core.db import make_engine
 from app.models import Job, utcnow
 from tests.conftest import MODELS_DIR, TINY_MODEL
 from tests.integration.conftest import Stack

@@ -15,9 +15,9 @@ from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
+from app.core.db import make_engine
+from app.jobs.webhooks import verify_signature
 from app.models import Job, MetricPoint, utcnow
-from app.webhooks import verify_signature
 from tests.integration.conftest import Stack
 from tests.webhook_receiver import WebhookReceiver
 

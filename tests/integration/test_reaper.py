@@ -1,4 +1,4 @@
-"""An export or evaluation whose worker dies ends `failed` (app/reaper.py): SIGKILL a real worker mid-task."""
+"""An export or evaluation whose worker dies ends `failed` (app/inference/reaper.py): SIGKILL a real worker mid-task."""
 
 import os
 import time

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
+from app.core.db import make_engine
 from app.models import Job, utcnow
 from tests.integration.conftest import Stack
 from tests.integration.replicas import cancel_queued, ftctl, replicas, stack_database_url

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import make_engine
-from app.localstack import LocalStack
+from app.core.db import make_engine
 from app.models import ApiKey, Job, utcnow
+from ftctl.localstack import LocalStack
 from tests.integration.conftest import Stack
 from tests.integration.replicas import cancel_queued, ftctl, replicas, stack_database_url
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.errors import Invalid, validation_detail
-from app.prequantized import check_prequantized_base, quant_method
-from app.spec import JobSpec
+from app.core.errors import Invalid, validation_detail
+from app.fleet.prequantized import check_prequantized_base, quant_method
+from app.spec.job import JobSpec
 from tests.conftest import MODELS_DIR, TINY_MODEL
 
 
@@ -152,9 +152,9 @@ def test_validate_reports_what_submit_refuses_for_a_prequantized_base(tiny_model
     from alembic.config import Config
     from fastapi.testclient import TestClient
 
-    from app.auth import create_key
-    from app.db import SessionLocal
+    from app.core.db import SessionLocal
     from app.main import create_app
+    from app.tenants.auth import create_key
 
     command.upgrade(Config(str(Path(__file__).resolve().parents[2] / "alembic.ini")), "head")
     with SessionLocal() as session:

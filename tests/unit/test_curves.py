@@ -4,7 +4,7 @@ import math
 import random
 import time
 
-from app.curves import downsample_indices, downsample_min_max
+from app.observability.curves import downsample_indices, downsample_min_max
 
 
 def synthetic_loss(n: int, seed: int = 0) -> list[float]:

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.dataset_files import parse_dataset
-from app.errors import Invalid, UnsupportedMediaType
+from app.core.errors import Invalid, UnsupportedMediaType
+from app.datasets.files import parse_dataset
 
 ROWS = [
     {"quote": "Be yourself; everyone else is already taken.", "tags": ["be-yourself", "honesty"]},

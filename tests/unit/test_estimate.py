@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from app.api.estimate_service import EstimatedReport, add_estimate, smaller_batches, spec_to_run
-from app.config import settings
-from app.data_checks import TokenLengths
-from app.estimate import CPU, GIB, GPU, memory, optimizer_bytes, peak_batch
-from app.gpu_classes import KNOWN, fleet, parse_fleet, seconds_per_micro_batch
-from app.model_shape import ModelShape, trainable_parameters
-from app.spec import JobSpec
+from app.checks.data import TokenLengths
+from app.checks.estimate import EstimatedReport, add_estimate, smaller_batches, spec_to_run
+from app.core.config import settings
+from app.fleet.estimate import CPU, GIB, GPU, memory, optimizer_bytes, peak_batch
+from app.fleet.gpu_classes import KNOWN, fleet, parse_fleet, seconds_per_micro_batch
+from app.fleet.model_shape import ModelShape, trainable_parameters
+from app.spec.job import JobSpec
 from tests.conftest import MODELS_DIR
 
 # The published shapes (config.json fields) of TinyLlama-1.1B, Llama-2-7B, Qwen-7B and Mixtral-8x7B.

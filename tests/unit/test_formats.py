@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.data_checks import DataSource, ValidationReport, check_data, packed_rows, percentile, total_steps
-from app.examples import RowError, build_examples, render_template, split_eval, to_example
-from app.spec import JobSpec, PromptCompletionFormat, TemplateFormat
-from app.tokenization import read_model_tokenizer
+from app.checks.data import DataSource, ValidationReport, check_data, packed_rows, percentile, total_steps
+from app.checks.tokenization import read_model_tokenizer
+from app.spec.examples import RowError, build_examples, render_template, split_eval, to_example
+from app.spec.job import JobSpec, PromptCompletionFormat, TemplateFormat
 from tests.conftest import TINY_MODEL
 
 QUOTES = [{"quote": f"Quote number {i}.", "tags": ["life", "humor"]} for i in range(10)]
@@ -145,7 +145,7 @@ def test_validation_dataset_rows_are_checked_and_counted(tiny_model: Path) -> No
 
 def test_the_api_never_imports_the_training_stack() -> None:
     code = (
-        "import sys, app.main, app.data_checks, app.hub_files\n"
+        "import sys, app.main, app.checks.data, app.datasets.hub\n"
         "print(sorted({'torch', 'transformers', 'trl', 'datasets', 'worker'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -7,12 +7,12 @@ import huggingface_hub.constants
 import pytest
 from pydantic import ValidationError
 
-from app.api.validate_service import check_job_spec
-from app.auth import Caller
-from app.config import settings
-from app.errors import Invalid, TooLarge
-from app.hub_files import HubUnavailable, load_hub_dataset, split_files
-from app.spec import HubDataset, JobSpec
+from app.checks.service import check_job_spec
+from app.core.config import settings
+from app.core.errors import Invalid, TooLarge
+from app.datasets.hub import HubUnavailable, load_hub_dataset, split_files
+from app.spec.job import HubDataset, JobSpec
+from app.tenants.auth import Caller
 from tests.conftest import TINY_MODEL
 
 

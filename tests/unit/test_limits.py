@@ -16,16 +16,17 @@ from alembic.config import Config
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app import events, limits
-from app.auth import create_key, hash_key
-from app.config import Settings, settings
-from app.data_checks import ValidationReport
-from app.dataset_files import parse_dataset
-from app.db import SessionLocal
-from app.errors import TooLarge, TooManyRequests, UnsupportedMediaType
+from app.broker import events
+from app.checks.data import ValidationReport
+from app.core.config import Settings, settings
+from app.core.db import SessionLocal
+from app.core.errors import TooLarge, TooManyRequests, UnsupportedMediaType
+from app.datasets.files import parse_dataset
 from app.main import create_app
 from app.models import Dataset, Job
-from app.spec import JobSpec
+from app.spec.job import JobSpec
+from app.tenants import limits
+from app.tenants.auth import create_key, hash_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """The out-of-memory retry policy keeps the effective batch and stops at a micro-batch of 1."""
 
-from app.spec import Training
+from app.spec.job import Training
 from worker.oom import is_out_of_memory, smaller_micro_batch
 
 

@@ -8,8 +8,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api import jobs, openai_compat
-from app.api.openai_events import (
+from app.core.db import SessionLocal
+from app.core.errors import Invalid, install_error_handlers, openai_error
+from app.jobs import endpoints as jobs
+from app.models import Artifact, Job, MetricPoint
+from app.openai import endpoints as openai_compat
+from app.openai.events import (
     CHECKPOINT,
     FINISHED,
     TRAINING,
@@ -18,12 +22,9 @@ from app.api.openai_events import (
     metrics_event,
     parse_event_id,
 )
-from app.api.openai_schemas import FineTuningJobCreate
-from app.api.openai_service import fine_tuned_model_name, job_object, request_param, unix
-from app.api.openai_spec import build_spec, deep_merge, job_hyperparameters, metadata_overrides
-from app.db import SessionLocal
-from app.errors import Invalid, install_error_handlers, openai_error
-from app.models import Artifact, Job, MetricPoint
+from app.openai.schemas import FineTuningJobCreate
+from app.openai.service import fine_tuned_model_name, job_object, request_param, unix
+from app.openai.spec import build_spec, deep_merge, job_hyperparameters, metadata_overrides
 
 CHAT = ["messages"]
 PROMPT_COMPLETION = ["prompt", "completion"]

@@ -10,15 +10,15 @@ from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
 
-from app.api.jobs_service import queue_position
-from app.auth import create_key
-from app.config import settings
-from app.db import SessionLocal
-from app.gpu_classes import CPU, parse_fleet, parse_machines
+from app.broker.queue import broker_priority, celery_config, fleet_refusal, training_queue_for, worker_queues
+from app.core.config import settings
+from app.core.db import SessionLocal
+from app.fleet.gpu_classes import CPU, parse_fleet, parse_machines
+from app.jobs.service import queue_position
 from app.main import create_app
 from app.models import Job, utcnow
-from app.queue import broker_priority, celery_config, fleet_refusal, training_queue_for, worker_queues
-from app.spec import JobSpec, Resources
+from app.spec.job import JobSpec, Resources
+from app.tenants.auth import create_key
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = "A10,RTX4090:24*2,A100-80GB*4,cpu*2"

@@ -12,10 +12,10 @@ from alembic.config import Config
 from fastapi.testclient import TestClient
 
 from app import storage
-from app.auth import create_key
-from app.config import settings
-from app.db import SessionLocal
+from app.core.config import settings
+from app.core.db import SessionLocal
 from app.main import create_app
+from app.tenants.auth import create_key
 from tests.conftest import SESSION_DIR
 from tests.s3_server import S3Server, moto_server
 

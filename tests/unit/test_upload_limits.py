@@ -11,12 +11,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app import storage
-from app.api import datasets_service
-from app.auth import create_key
-from app.config import settings
-from app.db import SessionLocal
+from app.core.config import settings
+from app.core.db import SessionLocal
+from app.datasets import service as datasets_service
 from app.main import create_app
 from app.models import Dataset
+from app.tenants.auth import create_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 
-from app.config import settings
-from app.webhooks import Outbox, backoff_s, deliver_due, sign, verify_signature
+from app.core.config import settings
+from app.jobs.webhooks import Outbox, backoff_s, deliver_due, sign, verify_signature
 from tests.webhook_receiver import WebhookReceiver
 
 REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")

@@ -17,7 +17,7 @@ from peft import (
     get_peft_model,
 )
 
-from app.adapter_spec import (
+from app.spec.adapter import (
     PROMPT_LEARNING,
     Ia3Adapter,
     LoraAdapter,
@@ -25,7 +25,7 @@ from app.adapter_spec import (
     PromptTuningAdapter,
     PTuningAdapter,
 )
-from app.spec import JobSpec
+from app.spec.job import JobSpec
 from worker.training.errors import TrainingError
 
 TASK = "CAUSAL_LM"

@@ -16,10 +16,10 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-from app import classification as rows_of
-from app.config import settings
-from app.examples import eval_split_indices
-from app.spec import HubDataset, JobSpec
+from app.checks import classification as rows_of
+from app.core.config import settings
+from app.spec.examples import eval_split_indices
+from app.spec.job import HubDataset, JobSpec
 from worker.training import adapters, classifier, data, speed
 from worker.training import model as modelling
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
@@ -91,7 +91,7 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: speed.Spe
 def _before_and_after(
     baseline: dict[str, Any] | None, final: dict[str, Any] | None, examples: int
 ) -> dict[str, Any] | None:
-    """The job's base-vs-adapter record (as worker/evaluation.py keeps it): untrained head vs trained adapter."""
+    """The job's base-vs-adapter record (as training/evaluation.py keeps it): untrained head vs trained adapter."""
     if baseline is None or final is None:
         return None
 

@@ -13,8 +13,8 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from app.examples import render_template
-from app.spec import JobSpec, template_fields
+from app.spec.examples import render_template
+from app.spec.job import JobSpec, template_fields
 from worker.training import adapters
 from worker.training import model as modelling
 from worker.training.errors import TrainingError

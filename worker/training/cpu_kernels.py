@@ -28,7 +28,7 @@ MIN_TOKENS = 64
 
 
 def tile_tokens(vocab: int) -> int:
-    """Tokens per logits tile for this vocabulary (app/estimate.py counts the same tiles)."""
+    """Tokens per logits tile for this vocabulary (app/fleet/estimate.py counts the same tiles)."""
     return max(MIN_TOKENS, min(TOKEN_CHUNK, TILE_ELEMENTS // max(vocab, 1)))
 
 

@@ -1,6 +1,6 @@
 """Rows in, training examples out: each spec format becomes the dataset shape TRL's SFTTrainer expects.
 
-The rendering itself lives in app.examples, shared with the API's checks (POST /jobs/validate), so a job trains
+The rendering itself lives in app.spec.examples, shared with the API's checks (POST /jobs/validate), so a job trains
 on exactly the examples its validation showed.
 """
 
@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app import examples as shared
-from app.errors import DomainError
-from app.examples import Example
-from app.hub_files import HubUnavailable, load_hub_dataset
-from app.spec import ChatFormat, HubDataset, JobSpec
+from app.core.errors import DomainError
+from app.datasets.hub import HubUnavailable, load_hub_dataset
+from app.spec import examples as shared
+from app.spec.examples import Example
+from app.spec.job import ChatFormat, HubDataset, JobSpec
 from worker.training.errors import TrainingError
 
 

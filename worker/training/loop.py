@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from app.spec import JobSpec
+from app.spec.job import JobSpec
 from worker.training import model as modelling
 from worker.training import speed
 

@@ -8,10 +8,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from app.adapter_spec import PREQUANTIZED_METHODS
-from app.config import settings
-from app.prequantized import quant_method
-from app.spec import JobSpec, Quantization
+from app.core.config import settings
+from app.fleet.prequantized import quant_method
+from app.spec.adapter import PREQUANTIZED_METHODS
+from app.spec.job import JobSpec, Quantization
 from worker.training import adapters
 from worker.training.errors import TrainingError
 from worker.training.speed import cpu_trains_in_fp32

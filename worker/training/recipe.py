@@ -13,10 +13,9 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from app.config import settings
-from app.spec import HubDataset, JobSpec
-from worker import evaluation
-from worker.training import adapters, data, speed
+from app.core.config import settings
+from app.spec.job import HubDataset, JobSpec
+from worker.training import adapters, data, evaluation, speed
 from worker.training import model as modelling
 from worker.training.best import BestAdapter
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
@@ -43,7 +42,7 @@ class TrainingResult:
     train_cpu_seconds: float | None = None  # CPU time of the loop (all threads): tokens/s that load barely moves
     train_tokens: int | None = None  # real (non-padding) tokens trained on
     peak_memory_bytes: int | None = None  # CUDA peak allocated on a GPU, peak RSS on the CPU
-    evaluation: dict[str, Any] | None = None  # training.evaluate_base: base vs adapter (worker/evaluation.py)
+    evaluation: dict[str, Any] | None = None  # training.evaluate_base: base vs adapter (worker/training/evaluation.py)
 
 
 def _load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:

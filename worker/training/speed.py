@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from app.spec import Training
+from app.spec.job import Training
 
 log = logging.getLogger(__name__)
 CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}

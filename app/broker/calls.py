@@ -1,0 +1,96 @@
+"""Run a task on a worker and wait for its answer (or poll for it later): generate, predict, exports.
+
+The API sends the task by name (it never imports worker code, torch or transformers). A call's state lives in
+Redis under its id for CALL_TTL_S: `queued` when sent, then what the worker writes with `finish()`. Celery has
+no result backend here, so this small record is the answer channel, readable by any API replica.
+
+Tasks go to FT_INFERENCE_QUEUE when it is set (a worker started with `-Q` it), else to the training queue, where
+they wait behind a running training job.
+"""
+
+import json
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.broker.events import redis_client
+from app.broker.queue import celery_client
+from app.core.config import settings
+from app.core.errors import DomainError
+from app.models import utcnow
+
+GENERATE_TASK = "finetune.generate"
+PREDICT_TASK = "finetune.predict"
+EXPORT_TASK = "finetune.export"
+CALL_TTL_S = 3600
+POLL_EVERY_S = 0.1
+
+
+class WorkerUnavailable(Exception):
+    """The broker would not take the task."""
+
+
+def task_queue() -> str:
+    return settings.inference_queue or settings.training_queue
+
+
+def call_key(call_id: str) -> str:
+    return f"ft:call:{call_id}"
+
+
+def send(task: str, *args: Any, expires_s: float | None = None) -> None:
+    """Send a task by name to the inference (or training) queue; WorkerUnavailable when the broker is down.
+
+    `expires_s`: a worker that receives the message later drops it unrun (nobody waits for the answer any more)."""
+    try:
+        celery_client().send_task(task, args=list(args), queue=task_queue(), retry=False, expires=expires_s)
+    except Exception as exc:
+        raise WorkerUnavailable(str(exc)) from exc
+
+
+class QueueUnreachable(DomainError):
+    status_code = 503
+
+
+def send_recorded(session: Session, task: str, row: Any, what: str) -> None:
+    """Send the task for a committed request row (an export, an evaluation); when the broker is down, record the
+    row as failed and answer 503 saying to try the `what` again."""
+    try:
+        send(task, row.id)
+    except WorkerUnavailable:
+        row.status, row.error_message, row.finished_at = "failed", "the task queue was unreachable", utcnow()
+        session.commit()
+        raise QueueUnreachable(f"the task queue is unreachable; try the {what} again shortly") from None
+
+
+def start(task: str, job_id: str, payload: dict[str, Any]) -> str:
+    """Record a queued call and send it; returns the call id (`gen_...`) to wait on or poll."""
+    call_id = f"gen_{secrets.token_hex(12)}"
+    state = {"id": call_id, "job_id": job_id, "status": "queued", "created_at": time.time()}
+    redis_client().set(call_key(call_id), json.dumps(state), ex=CALL_TTL_S)
+    send(task, call_id, job_id, payload, expires_s=CALL_TTL_S)  # its answer would outlive its record
+    return call_id
+
+
+def read(call_id: str) -> dict[str, Any] | None:
+    raw = redis_client().get(call_key(call_id))
+    return json.loads(raw) if raw else None
+
+
+def wait(call_id: str, timeout_s: float) -> dict[str, Any] | None:
+    """The call's state once it has ended (succeeded or failed), or its last state when timeout_s passes."""
+    deadline = time.monotonic() + timeout_s
+    state = read(call_id)
+    while state is not None and state["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(POLL_EVERY_S)
+        state = read(call_id)
+    return state
+
+
+def finish(call_id: str, status: str, **data: Any) -> None:
+    """The worker's side: record the outcome (`results`, or an `error` {type, message}) for the waiting API."""
+    state = read(call_id) or {"id": call_id}
+    state.update(status=status, finished_at=time.time(), **data)
+    redis_client().set(call_key(call_id), json.dumps(state, default=str), ex=CALL_TTL_S)

@@ -1,0 +1,1 @@
+"""POST /jobs/validate and every check a job passes before it is queued: data, tokens, templates, estimates."""

@@ -1,0 +1,189 @@
+"""Classification rows, shared by the API's checks and the worker: each row's text and label, and the label set.
+
+The API checks a classification spec against its data with `check_classification` (POST /jobs and
+POST /jobs/validate); the worker builds its training rows with `labelled_rows`, so both read labels the same way.
+"""
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from app.checks.data import (
+    MAX_ROW_PROBLEMS,
+    PREVIEW_EXAMPLES,
+    DataSource,
+    ExamplePreview,
+    Problem,
+    TokenLengths,
+    ValidationReport,
+    percentile,
+    total_steps,
+)
+from app.checks.tokenization import ModelTokenizer
+from app.spec.examples import RowError, eval_split_indices, render_template
+from app.spec.job import ClassificationFormat, JobSpec
+
+Labelled = tuple[str, int]  # (text, label id)
+
+
+def _label_value(fmt: ClassificationFormat, row: dict[str, Any], row_number: int) -> str | int:
+    value = row.get(fmt.label)
+    if value is None or value == "":
+        raise RowError(row_number, f"label column {fmt.label!r} is missing or null")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return str(value)
+    return value
+
+
+def _sort_key(name: str) -> tuple[int, int, str]:
+    """Numbers in numeric order (`2` before `10`), then text."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def label_names(fmt: ClassificationFormat, rows: list[dict[str, Any]]) -> list[str]:
+    """`format.labels`, else the training data's distinct labels, sorted (rows without a label are skipped)."""
+    if fmt.labels is not None:
+        return list(fmt.labels)
+    found = set()
+    for number, row in enumerate(rows, start=1):
+        try:
+            found.add(str(_label_value(fmt, row, number)))
+        except RowError:
+            continue
+    return sorted(found, key=_sort_key)
+
+
+def label_id(fmt: ClassificationFormat, labels: list[str], row: dict[str, Any], row_number: int) -> int:
+    """The row's label as an index into `labels`; an integer indexes `format.labels` when it is not a name."""
+    value = _label_value(fmt, row, row_number)
+    if str(value) in labels:
+        return labels.index(str(value))
+    as_int = value if isinstance(value, int) else int(value) if value.lstrip("-").isdigit() else None
+    if fmt.labels is not None and as_int is not None and 0 <= as_int < len(labels):
+        return as_int
+    known = ", ".join(map(repr, labels[:10])) + (" ..." if len(labels) > 10 else "")
+    raise RowError(row_number, f"label {value!r} is not one of the labels ({known})")
+
+
+def row_text(fmt: ClassificationFormat, row: dict[str, Any], row_number: int) -> str:
+    text = render_template(fmt.text_template(), row, row_number)
+    if not text.strip():
+        raise RowError(row_number, "the text to classify is empty")
+    return text
+
+
+def labelled_rows(
+    fmt: ClassificationFormat, rows: list[dict[str, Any]], labels: list[str]
+) -> tuple[list[Labelled], list[RowError]]:
+    """Every row as (text, label id); rows that cannot be are returned as errors (never silently dropped)."""
+    examples, errors = [], []
+    for number, row in enumerate(rows, start=1):
+        try:
+            examples.append((row_text(fmt, row, number), label_id(fmt, labels, row, number)))
+        except RowError as exc:
+            errors.append(exc)
+    return examples, errors
+
+
+def _rows(spec: JobSpec, source: DataSource, labels: list[str], report: ValidationReport) -> list[tuple[int, Labelled]]:
+    fmt = spec.format
+    missing = [c for c in fmt.columns() if c not in source.columns]
+    if missing:
+        report.problems.append(
+            Problem(
+                field="format",
+                message=f"column(s) {', '.join(map(repr, missing))} not in {source.field} {source.label} "
+                f"(its columns: {', '.join(source.columns)})",
+            )
+        )
+        return []
+    numbered, errors = [], []
+    for number, row in enumerate(source.rows or [], start=1):
+        try:
+            numbered.append((number, (row_text(fmt, row, number), label_id(fmt, labels, row, number))))
+        except RowError as exc:
+            errors.append(exc)
+    prefix = "" if source.field == "dataset" else f"{source.field} "
+    for exc in errors[:MAX_ROW_PROBLEMS]:
+        report.problems.append(Problem(row=exc.row, message=f"{prefix}row {exc.row}: {exc.message}"))
+    if len(errors) > MAX_ROW_PROBLEMS:
+        report.problems.append(
+            Problem(field=source.field, message=f"{len(errors) - MAX_ROW_PROBLEMS} more rows with problems")
+        )
+    return numbered
+
+
+def _check_labels(labels: list[str], train: list[tuple[int, Labelled]], report: ValidationReport) -> None:
+    counts = Counter(label for _, (_, label) in train)
+    if len(counts) < 2:
+        found = ", ".join(repr(labels[i]) for i in counts) or "none"
+        report.problems.append(
+            Problem(field="format.label", message=f"a classifier needs at least 2 different labels; found {found}")
+        )
+        return
+    unused = [name for i, name in enumerate(labels) if i not in counts]
+    if unused:
+        report.warnings.append(f"format.labels {', '.join(map(repr, unused))} never occur in the training data")
+    report.warnings.append("labels: " + ", ".join(f"{labels[i]} ({counts[i]})" for i in sorted(counts)))
+
+
+def check_classification(
+    spec: JobSpec,
+    train: DataSource,
+    evals: DataSource | None,
+    load_tokenizer: Callable[[], ModelTokenizer | None],
+    report: ValidationReport,
+) -> ValidationReport:
+    """The classification counterpart of `check_data`: columns, labels, rows, token lengths and steps."""
+    labels = label_names(spec.format, train.rows or [])
+    rows = _rows(spec, train, labels, report) if train.rows is not None else []
+    if rows and not report.problems:
+        _check_labels(labels, rows, report)
+    eval_rows = _rows(spec, evals, labels, report) if evals is not None and evals.rows is not None else []
+    held_out = set()
+    if evals is None:
+        held_out = eval_split_indices(len(rows), spec.training.eval_fraction, spec.training.seed)
+    train_rows = [r for i, r in enumerate(rows) if i not in held_out]
+    if train.rows is not None:
+        report.train_examples = len(train_rows)
+        report.eval_examples = len(eval_rows) if evals is not None else len(held_out)
+    if not report.problems and train_rows and (tok := load_tokenizer()) is not None:
+        _token_statistics(spec, tok, labels, train_rows, report)
+    if report.train_examples:
+        report.total_steps = total_steps(spec, report.train_examples)
+    elif spec.training.max_steps:
+        report.total_steps = spec.training.max_steps
+    report.ok = not report.problems
+    return report
+
+
+def _token_statistics(
+    spec: JobSpec, tok: ModelTokenizer, labels: list[str], rows: list[tuple[int, Labelled]], report: ValidationReport
+) -> None:
+    max_length = spec.training.max_seq_length
+    lengths = [len(tok.tokenizer.encode(text).ids) for _, (text, _) in rows]
+    ordered = sorted(lengths)
+    report.token_lengths = TokenLengths(
+        min=ordered[0], p50=percentile(ordered, 50), p95=percentile(ordered, 95), max=ordered[-1]
+    )
+    report.truncated = sum(n > max_length for n in lengths)
+    report.dropped = 0
+    if report.truncated:
+        side = "end" if spec.training.truncation_side == "right" else "start"
+        report.warnings.append(
+            f"{report.truncated} of {len(rows)} texts are longer than training.max_seq_length ({max_length} tokens) "
+            f"and lose their {side}"
+        )
+    for (number, (text, label)), length in list(zip(rows, lengths, strict=True))[:PREVIEW_EXAMPLES]:
+        report.examples.append(
+            ExamplePreview(
+                row=number,
+                text=text,
+                trained=labels[label],  # the label carries the loss; no token of the text does
+                tokens=min(length, max_length),
+                trained_tokens=0,
+                truncated=length > max_length,
+            )
+        )

@@ -1,0 +1,109 @@
+"""Gather what a spec's checks need (the caller's datasets, hub data, the base model's tokenizer), then check."""
+
+import json
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.checks import estimate as estimate_service
+from app.checks.classification import check_classification
+from app.checks.data import DataSource, Problem, ValidationReport, check_data
+from app.checks.tokenization import ModelTokenizer
+from app.core.config import settings
+from app.core.errors import DomainError, Invalid, NotFound
+from app.datasets import hub as hub_files
+from app.datasets.service import get_dataset, read_rows
+from app.spec.job import HubDataset, JobSpec
+from app.tenants import limits
+from app.tenants.auth import Caller
+
+
+def _model_dir_problem(base_model: str, local: Path) -> str | None:
+    """Why a directory in FT_MODELS_DIR cannot be trained on here, or None: the worker's rules, checked early."""
+    if not local.resolve().is_relative_to(settings.resolved_models_dir):
+        return f"{base_model!r} in FT_MODELS_DIR links outside it; only directories inside it are used"
+    if not (local / "config.json").is_file():
+        return f"{base_model!r} in FT_MODELS_DIR has no config.json"
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((local / name).read_text(encoding="utf-8")) if (local / name).is_file() else {}
+        except (ValueError, OSError):
+            return f"{base_model!r}: its {name} is not readable JSON"
+        if isinstance(config, dict) and config.get("auto_map"):
+            return (
+                f"{base_model!r} needs custom code ({name} has auto_map), and remote or custom code is never run "
+                "here; use a model whose architecture transformers ships"
+            )
+    if not any(local.glob("*.safetensors")):
+        return f"{base_model!r} has no .safetensors weights (pickled weights are never loaded)"
+    return None
+
+
+def _check_base_model(base_model: str, report: ValidationReport) -> None:
+    local = settings.resolved_models_dir / base_model
+    if not local.is_dir():
+        return  # a hub id: its tokenizer is fetched below; the worker names a model it cannot load
+    problem = _model_dir_problem(base_model, local)
+    if problem:
+        report.problems.append(Problem(field="base_model", message=problem))
+
+
+def _source(
+    session: Session, caller: Caller, field: str, ref: str | HubDataset, report: ValidationReport
+) -> DataSource:
+    if isinstance(ref, HubDataset):
+        label = f"{ref.hub!r} (split {ref.split!r})"
+        try:
+            parsed = hub_files.load_hub_dataset(ref)
+        except hub_files.HubUnavailable as exc:
+            report.warnings.append(f"{field}: {exc}; its rows are checked on the worker instead")
+            return DataSource(field, label, None)
+        except DomainError as exc:
+            report.problems.append(Problem(field=field, message=exc.detail))
+            return DataSource(field, label, None)
+        return DataSource(field, label, parsed.rows, parsed.columns)
+    try:
+        dataset = get_dataset(session, caller, ref)
+    except NotFound as exc:
+        report.problems.append(Problem(field=field, message=exc.detail))
+        return DataSource(field, ref, None)
+    return DataSource(field, dataset.id, read_rows(dataset.id), list(dataset.columns))
+
+
+def _tokenizer_loader(base_model: str, report: ValidationReport):  # noqa: ANN202 - a zero-argument callable
+    def load() -> ModelTokenizer | None:
+        try:
+            return hub_files.load_tokenizer(base_model)
+        except hub_files.HubUnavailable as exc:
+            report.warnings.append(f"base_model: {exc}; token lengths, truncation and masks were not checked")
+        except Invalid as exc:
+            report.problems.append(Problem(field="base_model", message=exc.detail))
+        except Exception as exc:  # a tokenizer.json that `tokenizers` cannot read
+            report.warnings.append(f"base_model: its tokenizer could not be read here ({type(exc).__name__}: {exc})")
+        return None
+
+    return load
+
+
+def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
+    """Every check POST /jobs runs, as a report (nothing is queued)."""
+    report = estimate_service.EstimatedReport(ok=False)
+    _check_base_model(spec.base_model, report)
+    train = _source(session, caller, "dataset", spec.dataset, report)
+    evals = None
+    if spec.validation_dataset is not None:
+        evals = _source(session, caller, "validation_dataset", spec.validation_dataset, report)
+    check = check_classification if spec.task == "classification" else check_data
+    check(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+    if not any(p.field == "base_model" for p in report.problems):
+        estimate_service.add_estimate(spec, report)  # memory, time, GPU-hours; refuses a job that fits no GPU
+    return limits.check_spec_bounds(spec, caller.tenant, report)
+
+
+def enforce(report: ValidationReport) -> None:
+    """Refuse a spec whose checks found problems: 422 naming the field, column or row, with the full list."""
+    if not report.ok:
+        extra: dict = {"problems": [p.model_dump(exclude_none=True) for p in report.problems]}
+        if (estimate := estimate_service.stored_estimate(report)) is not None:
+            extra["estimate"] = estimate  # the numbers behind a job that fits no GPU
+        raise Invalid(report.summary(), extra=extra)

@@ -1,0 +1,147 @@
+"""Token ids and loss masks without torch, mirroring what TRL's SFTTrainer feeds the model.
+
+The base model's `tokenizer.json` runs through the `tokenizers` library and chat templates through a sandboxed
+jinja2 with the `{% generation %}` tag, the way transformers' `apply_chat_template` renders them. The steps follow
+`SFTTrainer._prepare_dataset` (TRL 1.16): EOS appended to text and completions, the prompt's tokens masked up
+to where prompt and prompt+completion diverge, assistant spans from the template, then truncation to
+`max_length`; examples left with no trained token are dropped. tests/test_label_masks.py holds the two together.
+"""
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from app.checks.chat_templates import has_generation_markers, render_chat, training_template_for
+
+
+@dataclass
+class ModelTokenizer:
+    """What the checks need of a model's tokenizer: the fast tokenizer, its special tokens and chat template."""
+
+    tokenizer: Any  # tokenizers.Tokenizer, imported when first needed to keep the API's start fast
+    special_tokens: dict[str, str]
+    chat_template: str | None
+
+    @property
+    def eos_token(self) -> str:
+        return self.special_tokens.get("eos_token", "")
+
+
+@dataclass
+class Tokenized:
+    """One example as the trainer sees it: ids after truncation and, per id, whether it carries loss."""
+
+    ids: list[int]
+    trained: list[bool]
+    full_length: int  # before truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.ids)
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def read_model_tokenizer(directory: Path) -> ModelTokenizer:
+    """A tokenizer from a Hugging Face model directory (tokenizer.json, tokenizer_config.json, chat_template)."""
+    return _read_cached(str(directory), (directory / "tokenizer.json").stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _read_cached(directory: str, _mtime: int) -> ModelTokenizer:
+    root = Path(directory)
+    config: dict[str, Any] = {}
+    if (root / "tokenizer_config.json").is_file():
+        config = json.loads((root / "tokenizer_config.json").read_text(encoding="utf-8"))
+    special = {
+        key: text
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token")
+        if (text := _token_text(config.get(key))) is not None
+    }
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named variants: the default one is what apply_chat_template uses
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if (root / "chat_template.jinja").is_file():  # transformers 5 saves the template beside the config
+        template = (root / "chat_template.jinja").read_text(encoding="utf-8")
+    from tokenizers import Tokenizer
+
+    return ModelTokenizer(Tokenizer.from_file(str(root / "tokenizer.json")), special, template)
+
+
+def chat_template_for_training(tok: ModelTokenizer, override: str | None) -> str | None:
+    """The template the trainer masks with: the spec's, else the model's; TRL's training variant if it has one."""
+    template = override or tok.chat_template
+    if template and not has_generation_markers(template):
+        return training_template_for(template) or template
+    return template
+
+
+def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    # The same single pass as transformers' assistant mask: a token is trained if it overlaps a generation span.
+    mask, span = [False] * len(offsets), 0
+    for i, (start, end) in enumerate(offsets):
+        while span < len(spans) and start >= spans[span][1]:
+            span += 1
+        if span == len(spans):
+            break
+        mask[i] = end > spans[span][0]
+    return mask
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_example(
+    tok: ModelTokenizer, example: dict[str, Any], *, chat_template: str | None, max_length: int, keep_end: bool
+) -> Tokenized:
+    """One example in TRL's shape -> the ids and loss mask the trainer builds for it."""
+    eos = tok.eos_token
+    if "messages" in example:
+        if not chat_template:
+            raise ValueError("no chat template")
+        text, spans = render_chat(chat_template, example["messages"], tok.special_tokens)
+        enc = tok.tokenizer.encode(text, add_special_tokens=False)
+        ids, trained = enc.ids, _mask_from_spans(enc.offsets, spans)
+    elif "prompt" in example:
+        completion = example["completion"] if example["completion"].endswith(eos) else example["completion"] + eos
+        prompt_ids = tok.tokenizer.encode(example["prompt"]).ids
+        enc = tok.tokenizer.encode(example["prompt"] + completion)
+        ids = enc.ids
+        n_prompt = _common_prefix(prompt_ids, ids)
+        trained = [i >= n_prompt for i in range(len(ids))]
+    else:
+        text = example["text"] if example["text"].endswith(eos) else example["text"] + eos
+        enc = tok.tokenizer.encode(text)
+        ids = enc.ids
+        trained = [True] * len(ids)
+    full = len(ids)
+    cut = slice(-max_length, None) if keep_end else slice(None, max_length)
+    return Tokenized(ids[cut], trained[cut], full)
+
+
+def describe(tok: ModelTokenizer, item: Tokenized) -> dict[str, str]:
+    """The text the model reads and the part that carries loss (trained runs joined by ` … `)."""
+    runs: list[list[int]] = []
+    for i, (token, trained) in enumerate(zip(item.ids, item.trained, strict=True)):
+        if trained:
+            if i and item.trained[i - 1] and runs:
+                runs[-1].append(token)
+            else:
+                runs.append([token])
+    decode = tok.tokenizer.decode
+    return {
+        "text": decode(item.ids, skip_special_tokens=False),
+        "trained": " … ".join(decode(run, skip_special_tokens=False) for run in runs),
+    }

@@ -1,0 +1,1 @@
+"""What every domain stands on: settings, the database session, errors, security middleware, shared schema types."""

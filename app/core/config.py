@@ -1,0 +1,150 @@
+"""Process settings: one object, read from FT_* environment variables and a .env file."""
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The settings a tenant may have its own value of, in FT_TENANT_LIMITS.
+TENANT_LIMIT_NAMES = (
+    "max_upload_bytes",
+    "max_running_jobs",
+    "max_queued_jobs",
+    "max_dataset_storage_bytes",
+    "max_training_steps",
+    "max_epochs",
+    "max_seq_length",
+    "max_lora_rank",
+    "submit_rate_per_minute",
+    "upload_rate_per_minute",
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Datasets, checkpoints and artifacts live here.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and progress events.")
+    models_dir: Path | None = Field(None, description="Local base models; default: data_dir/models.")
+
+    # Where files live across machines (app/storage/, docs/operations.md "Storage"); data_dir is then a local cache.
+    storage_backend: Literal["local", "s3"] = Field(
+        "local", description="`local`: data_dir is the store (one disk or shared volume); `s3`: an S3-style bucket."
+    )
+    s3_bucket: str | None = Field(None, description="The bucket (FT_STORAGE_BACKEND=s3); credentials: AWS_* env vars.")
+    s3_prefix: str = Field("", description="A key prefix inside the bucket, e.g. `finetune/`; empty: the bucket root.")
+    s3_endpoint_url: str | None = Field(
+        None, description="The S3 API's URL for MinIO, Ceph and others, e.g. `http://minio:9000`; unset: AWS S3."
+    )
+    s3_region: str | None = Field(None, description="The bucket's region; unset: boto3's default (AWS_REGION).")
+    s3_presign_downloads: bool = Field(
+        False, description="Artifact downloads answer 307 to a presigned bucket URL; false: the API streams them."
+    )
+    s3_presign_expiry_s: int = Field(3600, ge=1, description="How long a presigned download URL stays valid.")
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest dataset upload accepted (413 above).")
+    # Quotas, bounds and rate limits per tenant (app/tenants/limits.py, docs/security.md); 0 allows none.
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest non-upload request body (413).")
+    max_running_jobs: int = Field(2, ge=0, description="Jobs one tenant may have training at once; more wait.")
+    max_queued_jobs: int = Field(20, ge=0, description="Jobs one tenant may have waiting (429 above).")
+    max_dataset_storage_bytes: int = Field(20 * 1024**3, ge=0, description="Uploaded data one tenant may hold.")
+    max_training_steps: int = Field(100_000, ge=1, description="Most optimizer steps one job may run (422 above).")
+    max_epochs: float = Field(100, gt=0, description="Most passes over the data one job may make.")
+    max_seq_length: int = Field(8192, ge=8, description="Largest training.max_seq_length accepted.")
+    max_lora_rank: int = Field(256, ge=1, description="Largest lora.r accepted.")
+    submit_rate_per_minute: int = Field(120, ge=0, description="Job submissions and validations per tenant a minute.")
+    upload_rate_per_minute: int = Field(60, ge=0, description="Dataset uploads per tenant a minute.")
+    tenant_limits: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Per-tenant overrides of the limits above (JSON), e.g. `{"research": {"max_running_jobs": 8}}`.',
+    )
+    training_queue: str = Field("training", description="Celery queue the API sends training tasks to.")
+    inference_queue: str | None = Field(
+        None,
+        description="Celery queue for requests answered on a worker (predict, generate, exports), served by "
+        "`celery -A worker.celery_app worker -Q <it> --pool solo`; unset: the training queue, behind training jobs.",
+    )
+    inference_timeout_s: float = Field(
+        120, gt=0, description="How long POST /jobs/{id}/predict waits for a worker's answer before a 504."
+    )
+    inference_stale_after_s: float = Field(
+        300,
+        gt=0,
+        description="A running export or on-demand evaluation whose worker has not heartbeaten (every "
+        "FT_HEARTBEAT_SECONDS) for this long is failed by the API's sweep (app/inference/reaper.py): its worker died.",
+    )
+    visibility_timeout_s: int = Field(
+        12 * 3600, description="Redis redelivers an unacked task after this long: longer than any job."
+    )
+    worker_max_tasks_per_child: int = Field(1, description="1: a fresh process per job frees GPU memory.")
+    webhook_secret: str | None = Field(
+        None, description="Signs webhooks (X-FT-Signature, HMAC-SHA256); unset: webhooks are sent unsigned."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, description="Tries per webhook before it is dropped.")
+    webhook_retry_base_s: float = Field(2.0, gt=0, description="First webhook retry delay; doubles per retry.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="How long one webhook POST may take.")
+    lease_seconds: float = Field(60, description="A running job whose worker stops heartbeating this long is requeued.")
+    heartbeat_seconds: float = Field(5, description="How often a worker renews the lease of its running job.")
+    reconcile_every_seconds: float = Field(10, description="How often the API checks leases and lost messages.")
+    max_attempts: int = Field(3, ge=1, description="Tries before a job whose worker keeps dying is failed.")
+    fault_oom_above_batch_size: int | None = Field(
+        None, description="Testing only: raise an out-of-memory error when a micro-batch is larger than this."
+    )
+    openai_spec_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A partial job spec (JSON) under every /v1 fine-tuning job, e.g. "
+        '`{"quantization": null, "lora": {"r": 8}}`; its training.learning_rate is what a multiplier of 1 means.',
+    )
+    # What the workers have, for estimates (app/fleet/gpu_classes.py, docs/estimates.md).
+    fleet_gpus: str = Field(
+        "", description="The workers' GPU classes, e.g. `A10,A100-80GB`, `RTX4090:24` (GiB), or `cpu`."
+    )
+    worker_gpu_memory_gb: float | None = Field(
+        None, ge=0, description="Every worker's GPU memory in GiB when FT_FLEET_GPUS is unset; 0: CPU-only workers."
+    )
+    worker_gpus: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="On a worker: the GPUs it trains one job on (routes multi-GPU jobs to it); default: the CUDA GPUs "
+        "torch sees, else 1 (one CPU slot; e.g. 2 lets a CPU box run 2-process jobs).",
+    )
+    # Retention (app/jobs/retention.py): a sweep in each API process removes what these say has expired.
+    retention_sweep_every_seconds: float = Field(3600, ge=0, description="How often the sweep runs; 0: never.")
+    retention_keep_last_checkpoints: int | None = Field(
+        None, ge=0, description="Keep only a job's newest N packed checkpoints (null: all)."
+    )
+    retention_delete_checkpoints_on_success: bool = Field(
+        False, description="Delete a succeeded job's checkpoints (its adapter stays)."
+    )
+    retention_dataset_days: float | None = Field(
+        None, gt=0, description="Delete datasets older than this that no queued or running job uses (null: never)."
+    )
+    retention_artifact_days: float | None = Field(
+        None, gt=0, description="Delete a finished job's artifacts this long after it ended; its record stays."
+    )
+
+    @field_validator("tenant_limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for tenant, overrides in value.items():
+            unknown = sorted(set(overrides) - set(TENANT_LIMIT_NAMES))
+            if unknown:
+                raise ValueError(f"tenant {tenant!r}: unknown limit(s) {unknown}; known: {list(TENANT_LIMIT_NAMES)}")
+        return value
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'finetune.db').resolve()}"
+
+    @cached_property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
+
+
+settings = Settings()

@@ -1,0 +1,1 @@
+"""Datasets: uploads, parsing, Hub datasets, listing and deletion."""

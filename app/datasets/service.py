@@ -1,0 +1,136 @@
+"""Datasets: store an upload once (by sha256), normalised to JSONL, scoped to its tenant."""
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.core.errors import Invalid, NotFound, TooLarge
+from app.datasets.files import parse_dataset
+from app.jobs import retention
+from app.models import Dataset
+from app.tenants import limits
+from app.tenants.auth import Caller, can_see, listing_tenant
+
+SAFE_FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
+
+
+def _read_limited(upload: BinaryIO, limit: int, source: str = "FT_MAX_UPLOAD_BYTES") -> bytes:
+    chunks, total = [], 0
+    while chunk := upload.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"the upload is larger than the {limit:,}-byte limit ({source})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def clean_filename(filename: str | None) -> str:
+    """Keep only the last path component and harmless characters (the name is shown, never used as a path)."""
+    base = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c if c in SAFE_FILENAME_CHARS else "_" for c in base).strip(" .") or "upload"
+    return cleaned[:200]
+
+
+def create_dataset(
+    session: Session, caller: Caller, upload: BinaryIO, filename: str | None, name: str | None
+) -> tuple[Dataset, bool]:
+    """Parse, store and record an upload; returns (dataset, created). A repeat upload returns the original."""
+    tenant_limits = limits.limits_for(caller.tenant)
+    data = _read_limited(upload, tenant_limits.max_upload_bytes, tenant_limits.source("max_upload_bytes"))
+    filename = clean_filename(filename)
+    sha256 = hashlib.sha256(data).hexdigest()
+    existing = session.scalar(
+        select(Dataset).where(Dataset.tenant == caller.tenant, Dataset.sha256 == sha256).order_by(Dataset.created_at)
+    )
+    if existing is not None:
+        return existing, False
+    limits.check_storage_quota(session, caller.tenant, len(data))
+    parsed = parse_dataset(filename, data)
+    if name is not None and not name.strip():
+        raise Invalid("name must not be blank")
+    if name is not None and not name.isprintable():
+        raise Invalid("name must be printable text (no control characters)")
+    staged = _stage_rows(parsed.rows)
+    try:
+        dataset = Dataset(
+            tenant=caller.tenant,
+            name=(name or filename)[:200],
+            filename=filename,
+            format=parsed.format,
+            rows=len(parsed.rows),
+            columns=parsed.columns,
+            size_bytes=len(data),
+            sha256=sha256,
+        )
+        session.add(dataset)
+        session.flush()
+        final = storage.dataset_dir(dataset.id)
+        shutil.rmtree(final, ignore_errors=True)
+        staged.rename(final)
+        storage.publish(storage.dataset_rows_path(dataset.id))  # the store every worker fetches it from
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return dataset, True
+
+
+def _stage_rows(rows: list[dict]) -> Path:
+    # Written beside the final place and renamed into it once the record exists: a failure at any point leaves
+    # neither a half-written file nor a record without its rows.
+    root = storage.data_root() / "datasets"
+    root.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
+    try:
+        with open(staged / "rows.jsonl", "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+def read_rows(dataset_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """A stored dataset's rows (the normalised JSONL every worker reads), the first `limit` of them if given."""
+    rows: list[dict[str, Any]] = []
+    with storage.cached_dataset(dataset_id).open(encoding="utf-8") as fh:
+        for line in fh:
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def get_dataset(session: Session, caller: Caller, dataset_id: str, *, admin_may_read: bool = False) -> Dataset:
+    """The caller's dataset; 404 alike for another tenant's and a missing one.
+
+    `admin_may_read`: for routes that only show a dataset, where an admin key sees every tenant's. Never for
+    a spec's data: a job trains only on its own tenant's datasets, whoever submits it.
+    """
+    dataset = session.get(Dataset, dataset_id) if storage.SAFE_ID.fullmatch(dataset_id) else None
+    if dataset is None or not (dataset.tenant == caller.tenant or (admin_may_read and can_see(caller, dataset.tenant))):
+        raise NotFound(f"dataset {dataset_id!r} not found; list yours with GET /datasets")
+    return dataset
+
+
+def list_datasets(session: Session, caller: Caller, limit: int, tenant: str | None = None) -> list[Dataset]:
+    """The caller's datasets, newest first; an admin may name another `tenant`, or `*` for all."""
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    if (shown := listing_tenant(caller, tenant)) is not None:
+        query = query.where(Dataset.tenant == shown)
+    return list(session.scalars(query.limit(limit)))
+
+
+def delete_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
+    """Delete the caller's dataset record; 409 while a queued or running job uses it. Files go after the commit."""
+    dataset = get_dataset(session, caller, dataset_id)
+    retention.delete_dataset_record(session, dataset)
+    return dataset

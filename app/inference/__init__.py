@@ -1,0 +1,1 @@
+"""Using a trained adapter: generate, predict, evaluations and exports, and the reaper for dead calls."""

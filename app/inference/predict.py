@@ -1,0 +1,93 @@
+"""POST /jobs/{id}/predict: label texts with a classification job's adapter, on a worker (app/broker/calls.py)."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy.orm import Session
+
+from app.broker import calls as worker_calls
+from app.core.config import settings
+from app.core.errors import Conflict, DomainError, Invalid
+from app.jobs import service as jobs_service
+from app.spec.job import StrictModel
+from app.tenants.auth import Caller, CallerDep, SessionDep
+
+router = APIRouter(prefix="/jobs", tags=["inference"])
+MAX_TEXTS = 256
+Text = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+class WorkerFailed(DomainError):
+    status_code = 502
+
+
+class WorkerUnreachable(DomainError):
+    status_code = 503
+
+
+class WorkerTimeout(DomainError):
+    status_code = 504
+
+
+class PredictRequest(StrictModel):
+    texts: list[Text] = Field(
+        min_length=1,
+        max_length=MAX_TEXTS,
+        description="Texts to label. With a one-column template (`Review: {review}`) each text fills the column, "
+        "as in training.",
+    )
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most likely label.")
+    scores: dict[str, float] = Field(description="Every label's probability (they sum to 1).")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="One per text, in order.")
+
+
+def prediction_payload(session: Session, caller: Caller, job_id: str, texts: list[str]) -> dict[str, Any]:
+    """What the worker needs: the job's spec, its adapter archive and checksum, and the texts."""
+    job = jobs_service.get_job(session, caller, job_id)
+    if job.spec.get("task") != "classification":
+        raise Conflict(f"job {job.id} is not a classification job: predict needs task classification (try /generate)")
+    artifact, _ = jobs_service.artifact_file(session, job, "adapter")  # 409 until the job has succeeded
+    return {"spec": job.spec, "adapter": artifact.path, "sha256": artifact.sha256, "texts": texts}
+
+
+def _answer(state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    status = (state or {}).get("status")
+    if status == "succeeded":
+        return state["results"]
+    if status == "failed":
+        error = state.get("error") or {}
+        message = error.get("message", "prediction failed on the worker")
+        raise {"conflict": Conflict, "invalid_request": Invalid}.get(error.get("type"), WorkerFailed)(message)
+    where = settings.inference_queue or settings.training_queue
+    raise WorkerTimeout(
+        f"no worker answered within {settings.inference_timeout_s:.0f}s (the request is {status or 'lost'}). "
+        f"Is a worker serving queue {where!r}? With FT_INFERENCE_QUEUE unset, predictions wait behind running "
+        "training jobs; a job's first prediction also loads its model. Retry, or see docs/operations.md."
+    )
+
+
+@router.post(
+    "/{job_id}/predict",
+    response_model=PredictResponse,
+    responses={
+        409: {"description": "Not a classification job, or no adapter yet"},
+        504: {"description": "No worker answered in time"},
+    },
+)
+def predict(job_id: str, body: PredictRequest, caller: CallerDep, session: SessionDep) -> PredictResponse:
+    """Each text's label and class probabilities. Runs on a worker; a job's first call there loads its model."""
+    payload = prediction_payload(session, caller, job_id, body.texts)
+    session.close()  # no connection held while the worker works
+    try:
+        call_id = worker_calls.start(worker_calls.PREDICT_TASK, job_id, payload)
+    except worker_calls.WorkerUnavailable:
+        raise WorkerUnreachable("the task queue is unreachable; try again shortly") from None
+    predictions = _answer(worker_calls.wait(call_id, settings.inference_timeout_s))
+    return PredictResponse(predictions=[Prediction(**p) for p in predictions])

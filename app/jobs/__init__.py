@@ -1,0 +1,1 @@
+"""Jobs: submit, list, cancel, delete, artifacts, webhooks, the reconciler and retention."""

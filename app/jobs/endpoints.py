@@ -1,0 +1,162 @@
+"""Routes for /jobs: submit, list, get, cancel, delete, artifacts (metrics and events: app/observability/)."""
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.broker.queue import enqueue_training
+from app.jobs import retention
+from app.jobs import service as jobs_service
+from app.jobs.retention import DeletedPublic
+from app.jobs.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    JobPublic,
+    JobsPublic,
+)
+from app.jobs.webhooks import notify_job_finished
+from app.models import Artifact, Job
+from app.spec.job import JobSpec
+from app.spec.lineage import clone_spec
+from app.storage.downloads import stored_file_response
+from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.limits import LIMITED, SubmitRate
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+Status = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+def _public(session: Session, job: Job) -> JobPublic:
+    return JobPublic.of(job, jobs_service.queue_position(session, job))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    dependencies=[SubmitRate],
+    responses=LIMITED,
+)
+def submit_job(
+    spec: JobSpec,
+    caller: CallerDep,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    job, created = jobs_service.create_job(session, caller, spec, idempotency_key)
+    session.commit()  # the job is on record before any worker can hear of it
+    if created and enqueue_training(job.id):
+        jobs_service.mark_enqueued(session, job)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _public(session, job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    caller: CallerDep,
+    session: SessionDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    tenant: Annotated[str | None, Query(max_length=200, description="Admin keys: another tenant, or `*`.")] = None,
+) -> JobsPublic:
+    jobs, next_cursor = jobs_service.list_jobs(session, caller, status, limit, cursor, tenant)
+    return JobsPublic(data=[_public(session, j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
+    return _public(session, jobs_service.get_job(session, caller, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
+    job = jobs_service.cancel_job(session, caller, job_id)
+    session.commit()
+    notify_job_finished(job.id, session)  # a queued job ends here, with no worker to send its webhook
+    return JobPublic.of(job)
+
+
+@router.delete("/{job_id}", response_model=DeletedPublic)
+def delete_job(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    keep_metrics: Annotated[bool, Query(description="Keep the job's record and metrics; remove its files.")] = False,
+) -> DeletedPublic:
+    """Cancel the job if it has not ended, then remove its checkpoints and artifacts, and its record and metrics."""
+    job, cancelled = jobs_service.delete_job(session, caller, job_id, keep_metrics)
+    session.commit()
+    freed = storage.remove(storage.job_prefix(job.id))
+    if not keep_metrics:
+        retention.forget_events(job.id)
+    return DeletedPublic(id=job.id, object="job", cancelled=cancelled, kept_metrics=keep_metrics, freed_bytes=freed)
+
+
+@router.post("/{job_id}/clone", status_code=201, response_model=JobPublic, dependencies=[SubmitRate], responses=LIMITED)
+def clone_job(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    overrides: Annotated[dict[str, Any] | None, Body(description="Spec fields to change, deep-merged.")] = None,
+) -> JobPublic:
+    """A new queued job with this job's spec and `overrides` deep-merged in (e.g. `{"training": {"seed": 7}}`)."""
+    source = jobs_service.get_job(session, caller, job_id)
+    job, _ = jobs_service.create_job(session, caller, clone_spec(source.spec, overrides or {}), None)
+    session.commit()
+    if enqueue_training(job.id):
+        jobs_service.mark_enqueued(session, job)
+    return _public(session, job)
+
+
+def _artifacts(request: Request, job_id: str, artifacts: list[Artifact]) -> ArtifactsPublic:
+    return ArtifactsPublic(
+        data=[
+            ArtifactPublic(
+                name=a.name,
+                kind=a.kind,
+                size_bytes=a.size_bytes,
+                sha256=a.sha256,
+                step=a.step,
+                created_at=a.created_at,
+                download_url=str(request.url_for("download_artifact", job_id=job_id, name=a.name)),
+            )
+            for a in artifacts
+        ]
+    )
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+def list_artifacts(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+    job = jobs_service.get_job(session, caller, job_id)
+    return _artifacts(request, job.id, jobs_service.list_artifacts(session, job))
+
+
+@router.get("/{job_id}/checkpoints", response_model=ArtifactsPublic)
+def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+    """Packed checkpoint adapters, oldest first; each downloads as a .tar.gz like the adapter."""
+    job = jobs_service.get_job(session, caller, job_id)
+    return _artifacts(request, job.id, jobs_service.list_artifacts(session, job, kind="checkpoint"))
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    name="download_artifact",
+    responses={200: {"content": {"application/gzip": {}}, "description": "The artifact as a .tar.gz."}},
+)
+def download_artifact(job_id: str, name: str, caller: CallerDep, session: SessionDep) -> Response:
+    """The artifact's bytes, or with FT_S3_PRESIGN_DOWNLOADS a 307 to a presigned URL of the object store."""
+    job = jobs_service.get_job(session, caller, job_id)
+    artifact, key = jobs_service.artifact_file(session, job, name)
+    return stored_file_response(
+        key,
+        media_type="application/gzip",
+        filename=f"{job.id}-{artifact.name}.tar.gz",
+        headers={"X-Content-SHA256": artifact.sha256},
+    )

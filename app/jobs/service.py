@@ -1,0 +1,211 @@
+"""Jobs: submit (checked against the caller's data), read, list, cancel, metrics and artifacts."""
+
+import base64
+import logging
+import re
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.broker import events
+from app.broker.queue import fleet_refusal, training_queue_for
+from app.checks import estimate as estimate_service
+from app.checks import service as validate_service
+from app.checks.data import ValidationReport
+from app.core.errors import Conflict, Invalid, NotFound
+from app.fleet.prequantized import check_prequantized_base
+from app.jobs import retention
+from app.jobs.webhooks import notify_job_finished
+from app.models import Artifact, Job, utcnow
+from app.spec.job import JobSpec
+from app.tenants import limits
+from app.tenants.auth import Caller, can_see, listing_tenant
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+log = logging.getLogger(__name__)
+ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+
+
+def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
+    """The checks of POST /jobs/validate (data, columns, rows, tokenizer, lengths, fit); 422 on any problem.
+
+    A GPTQ/AWQ base is checked first: a second quantization is refused, a default one becomes null.
+    """
+    check_fleet_fits(spec)
+    check_prequantized_base(spec)
+    report = validate_service.check_job_spec(session, caller, spec)
+    validate_service.enforce(report)
+    return report
+
+
+def check_fleet_fits(spec: JobSpec) -> None:
+    """422 for a job no machine of the declared fleet could ever run (too many GPUs, too much GPU memory)."""
+    if (refusal := fleet_refusal(spec.resources)) is not None:
+        field, message = refusal
+        raise Invalid(message, extra={"problems": [{"field": field, "message": message}]})
+
+
+def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    """Record a queued job; returns (job, created). Commit, then enqueue: the caller does both."""
+    if idempotency_key:
+        existing = session.scalar(
+            select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            return existing, False
+    limits.check_queued_quota(session, caller.tenant)
+    report = validate_submission(session, caller, spec)
+    spec = estimate_service.spec_to_run(spec, report)  # auto_fit_batch may have lowered the micro-batch
+    job = Job(
+        tenant=caller.tenant,
+        name=spec.name,
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        dataset_id=spec.dataset if isinstance(spec.dataset, str) else None,
+        idempotency_key=idempotency_key,
+        estimate=estimate_service.stored_estimate(report),
+        queue=training_queue_for(spec.resources),
+        priority=spec.priority,
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:  # two retries with one Idempotency-Key raced; the other one won
+        session.rollback()
+        return session.scalar(
+            select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
+        ), False
+    if job.estimate and job.estimate.get("adjusted"):
+        _publish_warning(job.id, job.estimate["adjusted"])
+    return job, True
+
+
+def _publish_warning(job_id: str, message: str) -> None:
+    try:
+        events.publish(job_id, "warning", {"message": message})
+    except Exception:  # live events are best effort: the job's estimate keeps the note
+        log.warning("job %s: could not publish warning event", job_id)
+
+
+def mark_enqueued(session: Session, job: Job) -> None:
+    """The broker has the job's message; until then the reconciler keeps re-sending it."""
+    job.enqueued_at = utcnow()
+    session.commit()
+
+
+def get_job(session: Session, caller: Caller, job_id: str) -> Job:
+    """The job, if the caller may see it; 404 alike for another tenant's job and one that does not exist."""
+    job = session.get(Job, job_id) if storage.SAFE_ID.fullmatch(job_id) else None
+    if job is None or not can_see(caller, job.tenant):
+        raise NotFound(f"job {job_id!r} not found; list yours with GET /jobs")
+    return job
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1 for the next job its queue hands out: queued jobs in the same queue with a higher priority, or the same
+    priority and created earlier, are ahead. None unless queued."""
+    if job.status != "queued":
+        return None
+    same_priority_earlier = and_(
+        Job.priority == job.priority,
+        or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
+    )
+    ahead = select(func.count()).where(
+        Job.status == "queued",
+        Job.queue.is_(None) if job.queue is None else Job.queue == job.queue,
+        or_(Job.priority > job.priority, same_priority_earlier),
+    )
+    return 1 + (session.scalar(ahead) or 0)
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        if not storage.SAFE_ID.fullmatch(job_id):
+            raise ValueError(job_id)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("cursor: not a cursor this API returned; pass next_cursor from a previous page") from None
+
+
+def list_jobs(
+    session: Session, caller: Caller, status: str | None, limit: int, cursor: str | None, tenant: str | None = None
+) -> tuple[list[Job], str | None]:
+    """The caller's jobs, newest first; an admin may name another `tenant`, or `*` for all."""
+    query = select(Job)
+    if (shown := listing_tenant(caller, tenant)) is not None:
+        query = query.where(Job.tenant == shown)
+    if status:
+        query = query.where(Job.status == status)
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
+    """Queued: cancelled at once. Running: cancelling; the worker stops at its next step."""
+    job = get_job(session, caller, job_id)
+    if job.status in TERMINAL:
+        raise Conflict(f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled")
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+    elif job.status == "running":
+        job.status = "cancelling"
+    session.flush()
+    events.request_cancel(job.id)
+    events.publish(job.id, "status", {"status": job.status})
+    return job
+
+
+def delete_job(session: Session, caller: Caller, job_id: str, keep_metrics: bool) -> tuple[Job, bool]:
+    """Cancel the job if it has not ended, then delete its artifact rows, and the job with its metrics unless
+    `keep_metrics`; returns (job, cancelled). The caller commits, then removes the files (app/jobs/retention.py).
+
+    A running job deleted whole is told to stop like a cancel; its worker finds the row gone and discards its files.
+    """
+    job = get_job(session, caller, job_id)
+    cancelled = job.status not in TERMINAL
+    if cancelled:
+        cancel_job(session, caller, job_id)
+        if not keep_metrics:  # no worker will record the end of a job that is gone: it ends here
+            job.status, job.finished_at = "cancelled", job.finished_at or utcnow()
+            session.flush()
+        notify_job_finished(job.id, session)
+    retention.delete_job_record(session, job, keep_metrics)
+    return job, cancelled
+
+
+def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[Artifact]:
+    query = select(Artifact).where(Artifact.job_id == job.id)
+    if kind:
+        query = query.where(Artifact.kind == kind)
+    return list(session.scalars(query.order_by(Artifact.created_at, Artifact.name)))
+
+
+def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, str]:
+    """The job's artifact called `name` and its storage key; 409 when its file is gone from the store."""
+    artifact = None
+    if ARTIFACT_NAME.fullmatch(name):  # names reach SQL and file names; anything else is no artifact of ours
+        artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+    if artifact is None:
+        if job.artifacts_deleted_at is not None:
+            raise Conflict(
+                f"job {job.id}'s files were deleted at {job.artifacts_deleted_at:%Y-%m-%d %H:%M} UTC "
+                "(DELETE with keep_metrics, or retention: FT_RETENTION_ARTIFACT_DAYS); its metrics remain"
+            )
+        if name == "adapter":
+            raise Conflict(f"job {job.id} is {job.status}: the adapter exists once the job has succeeded")
+        raise NotFound(f"job {job.id} has no artifact {name!r}; see GET /jobs/{job.id}/artifacts")
+    if not storage.store().exists(artifact.path):
+        raise Conflict(f"artifact {name!r} of job {job.id} is recorded but its file is missing from storage")
+    return artifact, artifact.path

@@ -1,0 +1,1 @@
+"""Watching jobs: metrics and curves, the SSE event stream, Prometheus and health."""

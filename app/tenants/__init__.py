@@ -1,0 +1,1 @@
+"""Tenants: API keys, authentication, limits, admin and usage."""

@@ -1,0 +1,94 @@
+"""API keys: random, prefixed, shown once, stored as a SHA-256 hash and compared in constant time."""
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.core.errors import Forbidden, Invalid, Unauthorized
+from app.models import ApiKey
+
+KEY_PREFIX = "ft_"
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    tenant: str
+    is_admin: bool
+
+
+def can_see(caller: Caller, tenant: str) -> bool:
+    """A tenant's things are its own keys' to see; an admin key sees every tenant's."""
+    return caller.is_admin or tenant == caller.tenant
+
+
+def listing_tenant(caller: Caller, tenant: str | None) -> str | None:
+    """The tenant a list shows: the caller's own unless an admin names another, or `*` for all (None)."""
+    if tenant is None or tenant == caller.tenant:
+        return caller.tenant
+    if not caller.is_admin:
+        raise Forbidden("only an admin key may list another tenant's things; leave out `tenant`")
+    if tenant != "*" and not TENANT_NAME.fullmatch(tenant):
+        raise Invalid(f"tenant: {tenant!r} is not a tenant name (letters, digits, `.`, `_`, `-`), nor `*`")
+    return None if tenant == "*" else tenant
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough; a slow KDF would only slow every request.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, tenant: str | None = None, is_admin: bool = False) -> str:
+    """Store a new key and return it in clear text: the only time it is ever seen."""
+    lookup = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{lookup}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(name=name, tenant=tenant or name, prefix=lookup, key_hash=hash_key(key), is_admin=is_admin))
+    session.flush()
+    return key
+
+
+def authenticate(session: Session, authorization: str | None) -> Caller:
+    hint = "send `Authorization: Bearer <key>`; make a key with `ftctl keys create NAME`"
+    if not authorization:
+        raise Unauthorized(f"missing API key: {hint}", headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or key.count("_") < 2:
+        raise Unauthorized(f"malformed Authorization header: {hint}", headers={"WWW-Authenticate": "Bearer"})
+    lookup = key[len(KEY_PREFIX) :].split("_", 1)[0]
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == lookup, ApiKey.revoked_at.is_(None)))
+    if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
+        raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return Caller(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
+
+
+async def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator dependency
+    """The request's session. Async, so FastAPI does not hop to a worker thread to open it (a session touches no
+    database until its first query); the commit, which may write and fsync, still runs in a worker thread."""
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+        await run_in_threadpool(session.commit)
+    finally:
+        session.close()  # rolls back whatever was not committed (an error) and returns the connection
+
+
+# scope="function": the commit happens before the response is sent. (A request-scoped dependency's exit code runs
+# after the response; a client acting on a 200 could then race the commit, e.g. a revoked key still accepted.)
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def current_caller(request: Request, session: SessionDep) -> Caller:
+    return authenticate(session, request.headers.get("authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -1,0 +1,131 @@
+"""Routes for admin keys (/admin: API keys and every tenant's usage) and for each tenant's own limits (/limits)."""
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.errors import Forbidden
+from app.jobs.schemas import UtcDatetime
+from app.models import ApiKey
+from app.tenants import limits
+from app.tenants import service as admin_service
+from app.tenants.auth import Caller, CallerDep, SessionDep
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    if not caller.is_admin:
+        raise Forbidden("only an admin key may do this (`ftctl keys create NAME --admin`)")
+    return caller
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+limits_router = APIRouter(tags=["limits"])
+TenantQuery = Annotated[str | None, Query(max_length=200, description="Only this tenant's.")]
+
+
+class KeyPublic(BaseModel):
+    """An API key as admins see it: never the key, nor its hash."""
+
+    id: str
+    name: str
+    tenant: str
+    prefix: str = Field(description="How the key starts (`ft_<lookup>_`), to recognise it.")
+    is_admin: bool
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "KeyPublic":
+        return cls(
+            id=key.id,
+            name=key.name,
+            tenant=key.tenant,
+            prefix=f"ft_{key.prefix}_",
+            is_admin=key.is_admin,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="A label.")
+    tenant: str = Field(max_length=100, description="The team the key acts for.")
+    is_admin: bool = Field(False, description="May see every tenant's things and manage keys.")
+
+
+class LimitsPublic(BaseModel):
+    max_upload_bytes: int
+    max_running_jobs: int
+    max_queued_jobs: int
+    max_dataset_storage_bytes: int
+    max_training_steps: int
+    max_epochs: float
+    max_seq_length: int
+    max_lora_rank: int
+    submit_rate_per_minute: int
+    upload_rate_per_minute: int
+
+
+class UsagePublic(BaseModel):
+    queued_jobs: int
+    running_jobs: int
+    dataset_bytes: int
+
+
+class TenantPublic(BaseModel):
+    tenant: str
+    limits: LimitsPublic
+    usage: UsagePublic
+
+
+class TenantsPublic(BaseModel):
+    data: list[TenantPublic]
+
+
+def tenant_public(session: SessionDep, tenant: str) -> TenantPublic:
+    values = asdict(limits.limits_for(tenant))
+    values.pop("tenant")
+    usage = UsagePublic(**admin_service.usage(session, tenant))
+    return TenantPublic(tenant=tenant, limits=LimitsPublic(**values), usage=usage)
+
+
+@limits_router.get("/limits", response_model=TenantPublic)
+def my_limits(caller: CallerDep, session: SessionDep) -> TenantPublic:
+    """The caller's tenant: its quotas, bounds and rate limits, and what it uses now."""
+    return tenant_public(session, caller.tenant)
+
+
+@router.get("/keys", response_model=KeysPublic)
+def list_keys(session: SessionDep, tenant: TenantQuery = None) -> KeysPublic:
+    return KeysPublic(data=[KeyPublic.of(k) for k in admin_service.list_keys(session, tenant)])
+
+
+@router.post("/keys", status_code=201, response_model=KeyCreated)
+def create_key(body: KeyCreate, session: SessionDep) -> KeyCreated:
+    """Make a key; the response is the only time the key is ever shown."""
+    key, secret = admin_service.make_key(session, body.name, body.tenant, body.is_admin)
+    return KeyCreated(**KeyPublic.of(key).model_dump(), key=secret)
+
+
+@router.post("/keys/{key_id}/revoke", response_model=KeyPublic)
+def revoke_key(key_id: Annotated[str, Path(max_length=40)], session: SessionDep) -> KeyPublic:
+    """Revoke a key at once (every API replica checks keys on each request)."""
+    return KeyPublic.of(admin_service.revoke_key(session, key_id))
+
+
+@router.get("/tenants", response_model=TenantsPublic)
+def list_tenants(session: SessionDep) -> TenantsPublic:
+    """Every tenant with its limits and what it uses now."""
+    return TenantsPublic(data=[tenant_public(session, t) for t in admin_service.tenants(session)])

@@ -1,0 +1,55 @@
+"""What admin keys do: list, make and revoke API keys, and see every tenant's usage against its limits."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.core.errors import Invalid, NotFound
+from app.models import ApiKey, Dataset, Job, utcnow
+from app.tenants import limits
+from app.tenants.auth import TENANT_NAME, create_key
+
+
+def list_keys(session: Session, tenant: str | None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant is not None and not TENANT_NAME.fullmatch(tenant):
+        return []  # no key can belong to it
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list(session.scalars(query))
+
+
+def make_key(session: Session, name: str, tenant: str, is_admin: bool) -> tuple[ApiKey, str]:
+    """A new key and its clear text, which is returned this once and never stored."""
+    if not TENANT_NAME.fullmatch(tenant):
+        raise Invalid("tenant: use letters, digits, `.`, `_` and `-` (up to 100), starting with a letter or digit")
+    secret = create_key(session, name=name, tenant=tenant, is_admin=is_admin)
+    lookup = secret.split("_")[1]
+    return session.scalar(select(ApiKey).where(ApiKey.prefix == lookup)), secret
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id) if storage.SAFE_ID.fullmatch(key_id) else None
+    if key is None:
+        raise NotFound(f"no key with id {key_id!r}; list them with GET /admin/keys")
+    key.revoked_at = key.revoked_at or utcnow()
+    session.flush()
+    return key
+
+
+def tenants(session: Session) -> list[str]:
+    """Every tenant that has a key, a job or a dataset."""
+    names: set[str] = set()
+    for model in (ApiKey, Job, Dataset):
+        names.update(session.scalars(select(model.tenant).distinct()))
+    return sorted(names)
+
+
+def usage(session: Session, tenant: str) -> dict[str, int]:
+    counts = select(Job.status, func.count()).where(Job.tenant == tenant).group_by(Job.status)
+    jobs = dict(session.execute(counts).tuples().all())
+    return {
+        "queued_jobs": jobs.get("queued", 0),
+        "running_jobs": jobs.get("running", 0) + jobs.get("cancelling", 0),
+        "dataset_bytes": limits.dataset_bytes(session, tenant),
+    }

@@ -1,0 +1,92 @@
+"""ftctl: admin commands (talk to the database) and the one-command demo."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from ftctl.jobs import jobs
+
+app = typer.Typer(help="finetune-service control: API keys, local models, demo.", no_args_is_help=True)
+keys = typer.Typer(help="API keys (stored hashed; shown once).", no_args_is_help=True)
+models = typer.Typer(help="Local base models in FT_MODELS_DIR.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+app.add_typer(models, name="models")
+app.add_typer(jobs, name="jobs")  # talks to the API over HTTP
+
+
+@keys.command("create")
+def keys_create(
+    name: str,
+    tenant: Annotated[str | None, typer.Option(help="The team the key acts for (default: NAME).")] = None,
+    admin: Annotated[bool, typer.Option(help="May see and revoke across tenants.")] = False,
+) -> None:
+    """Make an API key; the key is the last line printed, and is never shown again."""
+    from app.core.db import session_scope
+    from app.tenants.auth import TENANT_NAME, create_key
+
+    if not TENANT_NAME.fullmatch(tenant or name):
+        raise typer.BadParameter("a tenant is letters, digits, `.`, `_` and `-`, starting with a letter or digit")
+    with session_scope() as session:
+        key = create_key(session, name=name, tenant=tenant, is_admin=admin)
+    typer.echo(f"created key {name!r} for tenant {tenant or name!r}; store it now, it is not shown again:", err=True)
+    typer.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Keys with their tenant and state (never the key itself)."""
+    from app.core.db import session_scope
+    from app.models import ApiKey
+
+    with session_scope() as session:
+        for key in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+            state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+            role = "  admin" if key.is_admin else ""
+            typer.echo(f"{key.id}  ft_{key.prefix}_…  {key.name}  tenant={key.tenant}{role}  {state}")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (from `ftctl keys list`)."""
+    from app.core.db import session_scope
+    from app.models import ApiKey, utcnow
+
+    with session_scope() as session:
+        key = session.get(ApiKey, key_id)
+        if key is None:
+            raise typer.BadParameter(f"no key with id {key_id!r}; see `ftctl keys list`")
+        key.revoked_at = key.revoked_at or utcnow()
+    typer.echo(f"revoked {key_id}")
+
+
+@models.command("make-tiny")
+def models_make_tiny(
+    directory: Path,
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = 512,
+) -> None:
+    """Write a tiny random-weight Llama model and tokenizer (Hugging Face format) into DIRECTORY."""
+    from worker.training.tiny import make_tiny_model
+
+    path = make_tiny_model(directory, vocab_size=vocab_size)
+    typer.echo(f"tiny model written to {path}")
+
+
+@app.command()
+def demo(
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 30,
+    keep_running: Annotated[bool, typer.Option(help="Leave the API and worker running afterwards.")] = False,
+) -> None:
+    """Start the service on its embedded defaults and train a real QLoRA job end to end."""
+    from ftctl.demo import run_demo
+
+    raise typer.Exit(run_demo(steps=steps, keep_running=keep_running))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
