@@ -21,8 +21,8 @@ from sqlalchemy import update
 
 from app import storage
 from app.broker import calls as worker_calls
+from app.broker.tasks import EVALUATE_TASK
 from app.core.db import SessionLocal, session_scope
-from app.inference.evaluations_service import EVALUATE_TASK
 from app.inference.reaper import heartbeat
 from app.models import Evaluation, utcnow
 from app.spec.job import JobSpec

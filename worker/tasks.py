@@ -1,7 +1,6 @@
 """Celery tasks, kept thin: the task names the job; worker/job_runner.py claims, runs and records it."""
 
-from app.broker.calls import EXPORT_TASK, GENERATE_TASK, PREDICT_TASK
-from app.broker.queue import TRAIN_TASK
+from app.broker.tasks import EXPORT_TASK, GENERATE_TASK, PREDICT_TASK, TRAIN_TASK
 from app.jobs.webhooks import notify_job_finished
 from worker.celery_app import app
 from worker.export import run_export

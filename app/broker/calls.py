@@ -21,9 +21,6 @@ from app.core.config import settings
 from app.core.errors import DomainError
 from app.models import utcnow
 
-GENERATE_TASK = "finetune.generate"
-PREDICT_TASK = "finetune.predict"
-EXPORT_TASK = "finetune.export"
 CALL_TTL_S = 3600
 POLL_EVERY_S = 0.1
 

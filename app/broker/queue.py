@@ -13,11 +13,11 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import select
 
+from app.broker.tasks import TRAIN_TASK
 from app.core.config import settings
 from app.fleet.gpu_classes import KNOWN, Machine, fleet, parse_fleet
 from app.spec.job import Resources
 
-TRAIN_TASK = "finetune.train"
 PRIORITY_LEVELS = 10  # spec priority 0..9
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from app.broker import calls as worker_calls
+from app.broker.tasks import EVALUATE_TASK
 from app.inference import evaluations_service
 from app.jobs import service as jobs_service
 from app.jobs.schemas import UtcDatetime
@@ -93,7 +94,7 @@ def start_evaluation(job_id: str, body: EvaluationCreate, caller: CallerDep, ses
     options = body.model_dump(exclude={"dataset"})
     evaluation = evaluations_service.create_evaluation(session, caller, job, body.dataset, options)
     session.commit()  # on record before a worker can pick it up
-    worker_calls.send_recorded(session, evaluations_service.EVALUATE_TASK, evaluation, "evaluation")
+    worker_calls.send_recorded(session, EVALUATE_TASK, evaluation, "evaluation")
     return EvaluationPublic.of(evaluation)
 
 

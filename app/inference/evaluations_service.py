@@ -19,8 +19,6 @@ from app.spec import examples
 from app.spec.job import JobSpec
 from app.tenants.auth import Caller
 
-EVALUATE_TASK = "finetune.evaluate"
-
 
 def _evaluable(job: Job) -> JobSpec:
     spec = JobSpec.model_validate(job.spec)

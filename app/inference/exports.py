@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.broker import calls as worker_calls
+from app.broker.tasks import EXPORT_TASK
 from app.core.errors import Conflict, NotFound
 from app.jobs import service as jobs_service
 from app.jobs.schemas import UtcDatetime
@@ -89,7 +90,7 @@ def start_export(job_id: str, body: ExportCreate, caller: CallerDep, session: Se
     job = jobs_service.get_job(session, caller, job_id)
     export = create_export(session, job, body.kind)
     session.commit()  # on record before a worker can pick it up
-    worker_calls.send_recorded(session, worker_calls.EXPORT_TASK, export, "export")
+    worker_calls.send_recorded(session, EXPORT_TASK, export, "export")
     return ExportPublic.of(export)
 
 

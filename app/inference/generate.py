@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from app.broker import calls as worker_calls
+from app.broker.tasks import GENERATE_TASK
 from app.core.config import settings
 from app.core.errors import Conflict, DomainError, Invalid, NotFound
 from app.jobs import service as jobs_service
@@ -104,7 +105,7 @@ def generate(
     _generatable(job)
     session.close()  # no connection held while a worker generates
     try:
-        call_id = worker_calls.start(worker_calls.GENERATE_TASK, job.id, body.model_dump(mode="json"))
+        call_id = worker_calls.start(GENERATE_TASK, job.id, body.model_dump(mode="json"))
     except worker_calls.WorkerUnavailable:
         raise WorkerUnreachable("the task queue is unreachable; try again shortly") from None
     state = worker_calls.read(call_id) or {}

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session
 
 from app.broker import calls as worker_calls
+from app.broker.tasks import PREDICT_TASK
 from app.core.config import settings
 from app.core.errors import Conflict, DomainError, Invalid
 from app.jobs import service as jobs_service
@@ -86,7 +87,7 @@ def predict(job_id: str, body: PredictRequest, caller: CallerDep, session: Sessi
     payload = prediction_payload(session, caller, job_id, body.texts)
     session.close()  # no connection held while the worker works
     try:
-        call_id = worker_calls.start(worker_calls.PREDICT_TASK, job_id, payload)
+        call_id = worker_calls.start(PREDICT_TASK, job_id, payload)
     except worker_calls.WorkerUnavailable:
         raise WorkerUnreachable("the task queue is unreachable; try again shortly") from None
     predictions = _answer(worker_calls.wait(call_id, settings.inference_timeout_s))

@@ -18,6 +18,7 @@ import pytest
 from celery import Celery
 from sqlalchemy.orm import Session
 
+from app.broker.tasks import TRAIN_TASK
 from app.core.db import make_engine
 from app.models import Job, utcnow
 from tests.conftest import MODELS_DIR, TINY_MODEL
@@ -291,10 +292,8 @@ def test_the_worker_refuses_pickled_messages(stack: Stack, queued_job: str, tmp_
     queue = stack.local.env["FT_TRAINING_QUEUE"]
     log = stack.local.log_dir / "worker.log"
     before = log.read_text().count("ContentDisallowed")
-    sender.send_task("finetune.train", args=[job_id], queue=queue, serializer="pickle")
-    sender.send_task(
-        "finetune.train", args=[job_id], kwargs={"x": OpensAFile(marker)}, queue=queue, serializer="pickle"
-    )
+    sender.send_task(TRAIN_TASK, args=[job_id], queue=queue, serializer="pickle")
+    sender.send_task(TRAIN_TASK, args=[job_id], kwargs={"x": OpensAFile(marker)}, queue=queue, serializer="pickle")
     deadline = time.monotonic() + 240  # behind whatever the one worker is training now
     while log.read_text().count("ContentDisallowed") < before + 2 and time.monotonic() < deadline:
         time.sleep(0.5)
