@@ -2,6 +2,7 @@
 
 import secrets
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +18,23 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class JobStatus(StrEnum):
+    """A job's life: queued -> running -> succeeded | failed, or cancelling -> cancelled on the way."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+# The statuses a job never leaves, as plain strings (what the column holds and SQL `IN (...)` binds).
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+)
 
 
 def utcnow() -> datetime:

@@ -4,15 +4,14 @@ sentiment classifier on a real pretrained model (ftctl/demo_sentiment.py)."""
 import io
 import json
 import os
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
 
 from app.core.config import settings
 from ftctl.localstack import LocalStack
+from ftctl.progress import follow_job, sparkline
 
 QUOTES = [
     ("Be yourself; everyone else is already taken.", ["be-yourself", "honesty", "inspirational"]),
@@ -24,36 +23,6 @@ QUOTES = [
     ("If you tell the truth, you don't have to remember anything.", ["honesty", "truth"]),
     ("To live is the rarest thing in the world. Most people exist, that is all.", ["life", "living"]),
 ]
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def _bar(done: int, total: int, width: int = 30) -> str:
-    filled = int(width * done / total) if total else 0
-    return "█" * filled + "·" * (width - filled)
-
-
-def sparkline(values: list[float]) -> str:
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] for v in values)
-
-
-def _follow(client: httpx.Client, job_id: str) -> dict:
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        p = job["progress"]
-        loss = job["latest"]["loss"]
-        eta = f"{p['eta_seconds']:.0f}s" if p["eta_seconds"] is not None else "?"
-        total = p["total_steps"] or 0
-        sys.stdout.write(
-            f"\r  {job['status']:<10} [{_bar(p['step'], total)}] step {p['step']}/{total or '?'}"
-            f"  loss {loss if loss is None else f'{loss:.4f}'}  eta {eta}   "
-        )
-        sys.stdout.flush()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            sys.stdout.write("\n")
-            return job
-        time.sleep(0.5)
 
 
 def _verify_adapter(archive: bytes, out_dir: Path, base_dir: Path) -> str:
@@ -121,7 +90,7 @@ def _run_job(stack: LocalStack, key: str, model_dir: Path, steps: int) -> int:
     }
     job = client.post("/jobs", json=spec).json()
     print(f"▶ submitted QLoRA job {job['id']} (4-bit NF4, double quant, LoRA r=16 on all linear layers)")
-    job = _follow(client, job["id"])
+    job = follow_job(client, job["id"])
     if job["status"] != "succeeded":
         print(f"✗ job {job['status']}: {job['error']}")
         return 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from ftctl.demo import _follow, sparkline
+from ftctl.progress import follow_job, sparkline
 from ftctl.sentiment_samples import REVIEWS, held_out_rows, install_minilm, training_rows
 
 SHOWN_REVIEWS = (2, 16, 9, 22)  # indices into REVIEWS: two positive, two negative
@@ -42,7 +42,7 @@ def run_sentiment_demo(base_url: str, key: str, models_dir: Path, steps: int = 3
     }
     job = client.post("/jobs", json=spec).json()
     print(f"▶ submitted classification job {job['id']}: all-MiniLM-L6-v2 (BERT, 22M) in 4-bit NF4, LoRA r=8 + head")
-    job = _follow(client, job["id"])
+    job = follow_job(client, job["id"])
     if job["status"] != "succeeded":
         print(f"✗ job {job['status']}: {job['error']}")
         return 1

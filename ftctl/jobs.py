@@ -10,10 +10,11 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from app.models import TERMINAL_STATUSES
+
 jobs = typer.Typer(
     help="Jobs, through the HTTP API (FT_API_URL and FT_API_KEY, or --api-url / --api-key).", no_args_is_help=True
 )
-TERMINAL = {"succeeded", "failed", "cancelled"}
 ApiUrl = Annotated[str, typer.Option(envvar="FT_API_URL", help="The API's base URL.")]
 ApiKey = Annotated[str, typer.Option(envvar="FT_API_KEY", help="An API key (from `ftctl keys create`).")]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -120,7 +121,7 @@ class ProgressLine:
             self.loss, self.eta = data.get("loss"), data.get("eta_seconds")
             return self.summary()
         if event.event == "status":
-            self.outcome = data.get("status") if data.get("status") in TERMINAL else None
+            self.outcome = data.get("status") if data.get("status") in TERMINAL_STATUSES else None
             error = data.get("error") or {}
             return f"status {data.get('status')}" + (f": {error.get('message')}" if error else "")
         if event.event == "eval":

@@ -22,12 +22,11 @@ from app import storage
 from app.broker import events
 from app.core.config import settings
 from app.core.errors import Conflict
-from app.models import Artifact, Dataset, Job, utcnow
+from app.models import TERMINAL_STATUSES, Artifact, Dataset, Job, utcnow
 from app.storage import remove_tree
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running", "cancelling")
-TERMINAL = ("succeeded", "failed", "cancelled")
 ORPHAN_AGE_S = 3600  # a directory without its row is left this long: an upload or a job may be mid-commit
 
 
@@ -122,7 +121,9 @@ def _sweep_artifacts(session: Session, now: datetime) -> int:
     if cutoff is None:
         return 0
     expired = session.scalars(
-        select(Job.id).where(Job.status.in_(TERMINAL), Job.finished_at < cutoff, Job.artifacts_deleted_at.is_(None))
+        select(Job.id).where(
+            Job.status.in_(TERMINAL_STATUSES), Job.finished_at < cutoff, Job.artifacts_deleted_at.is_(None)
+        )
     ).all()
     freed = 0
     for job_id in expired:

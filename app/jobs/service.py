@@ -19,12 +19,11 @@ from app.core.errors import Conflict, Invalid, NotFound
 from app.fleet.prequantized import check_prequantized_base
 from app.jobs import retention
 from app.jobs.webhooks import notify_job_finished
-from app.models import Artifact, Job, utcnow
+from app.models import TERMINAL_STATUSES, Artifact, Job, utcnow
 from app.spec.job import JobSpec
 from app.tenants import limits
 from app.tenants.auth import Caller, can_see, listing_tenant
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 log = logging.getLogger(__name__)
 ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
@@ -155,7 +154,7 @@ def list_jobs(
 def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
     """Queued: cancelled at once. Running: cancelling; the worker stops at its next step."""
     job = get_job(session, caller, job_id)
-    if job.status in TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         raise Conflict(f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled")
     if job.status == "queued":
         job.status, job.finished_at = "cancelled", utcnow()
@@ -174,7 +173,7 @@ def delete_job(session: Session, caller: Caller, job_id: str, keep_metrics: bool
     A running job deleted whole is told to stop like a cancel; its worker finds the row gone and discards its files.
     """
     job = get_job(session, caller, job_id)
-    cancelled = job.status not in TERMINAL
+    cancelled = job.status not in TERMINAL_STATUSES
     if cancelled:
         cancel_job(session, caller, job_id)
         if not keep_metrics:  # no worker will record the end of a job that is gone: it ends here

@@ -26,10 +26,9 @@ from app.broker import events
 from app.core.config import settings
 from app.core.db import SessionLocal
 from app.jobs.schemas import JobPublic
-from app.models import Job, utcnow
+from app.models import TERMINAL_STATUSES, Job, utcnow
 
 log = logging.getLogger(__name__)
-TERMINAL = {"succeeded", "failed", "cancelled"}
 LEASE_S = 60  # a delivery claimed by a process that then died is retried after this long
 RETRYABLE = {408, 425, 429}
 DELIVERIES = Counter("ft_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"])
@@ -172,7 +171,7 @@ def notify_job_finished(job_id: str, session: Session | None = None, outbox: Out
     try:
         job = session.get(Job, job_id)
         url = (job.spec or {}).get("webhook_url") if job is not None else None
-        if not url or job.status not in TERMINAL:
+        if not url or job.status not in TERMINAL_STATUSES:
             return None
         outbox = outbox or Outbox(events.redis_client())
         payload = {"job": JobPublic.of(job).model_dump(mode="json")}

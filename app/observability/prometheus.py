@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.broker import events, queue
-from app.models import Job, MetricPoint
+from app.models import Job, JobStatus, MetricPoint
 from app.tenants.auth import CallerDep, SessionDep
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+STATUSES = tuple(s.value for s in JobStatus)
 UNTIMED_ROUTES = {"/jobs/{job_id}/events"}  # a stream lasts as long as its job: not a latency
 
 REQUEST_SECONDS = Histogram(

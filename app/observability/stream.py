@@ -22,11 +22,10 @@ from app.core.config import settings
 from app.core.errors import Invalid
 from app.jobs import service as jobs_service
 from app.jobs.schemas import JobPublic
-from app.models import Job
+from app.models import TERMINAL_STATUSES, Job
 from app.tenants.auth import authenticate
 
 router = APIRouter(prefix="/jobs", tags=["events"])
-TERMINAL = {"succeeded", "failed", "cancelled"}
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 BLOCK_MS = 5_000  # how long one read waits for new events before the record is checked again
 GRACE_MS = 2_000  # a worker records the outcome in SQL just before it publishes it: wait that long for it
@@ -65,7 +64,7 @@ async def _stream(request: Request, job_id: str, after: str, follow: bool) -> As
             for event_id, fields in entries:
                 after = event_id
                 yield ServerSentEvent(data=fields["data"], event=fields["type"], id=event_id)
-                if fields["type"] == "status" and json.loads(fields["data"]).get("status") in TERMINAL:
+                if fields["type"] == "status" and json.loads(fields["data"]).get("status") in TERMINAL_STATUSES:
                     return
             if entries:
                 continue
@@ -74,7 +73,7 @@ async def _stream(request: Request, job_id: str, after: str, follow: bool) -> As
             job = await run_in_threadpool(_job_status, request, job_id)
             if job is None:
                 return  # deleted while we watched
-            if job.status in TERMINAL:
+            if job.status in TERMINAL_STATUSES:
                 if grace_used:
                     yield _terminal_from_record(job)
                     return
