@@ -8,8 +8,9 @@ import sys
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from app.broker.queue import celery_config, worker_queues
+from app.broker.queue import celery_config
 from app.core.config import settings
+from app.fleet.routing import worker_queues
 from worker.drain import clear_draining, mark_draining
 
 log = logging.getLogger(__name__)

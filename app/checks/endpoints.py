@@ -5,11 +5,11 @@ from fastapi import APIRouter
 from app.checks import service as validate_service
 from app.checks.data import Problem, ValidationReport
 from app.checks.estimate import EstimatedReport
+from app.core.db import SessionDep
 from app.core.errors import Invalid
 from app.fleet.prequantized import check_prequantized_base
-from app.jobs import service as jobs_service
 from app.spec.job import JobSpec
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, SubmitRate
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def validate_job(spec: JobSpec, caller: CallerDep, session: SessionDep) -> ValidationReport:
     """Render the first examples with their trained part, count tokens and steps, list every problem, and
     estimate memory, time and GPU-hours on the fleet's GPUs. 422 for resources no machine of the fleet has."""
-    jobs_service.check_fleet_fits(spec)
+    validate_service.check_fleet_fits(spec)
     try:  # what POST /jobs refuses for a GPTQ/AWQ base is a problem of the report here
         check_prequantized_base(spec)
         refused: list[Problem] = []

@@ -13,6 +13,8 @@ from app.core.config import settings
 from app.core.errors import DomainError, Invalid, NotFound
 from app.datasets import hub as hub_files
 from app.datasets.service import get_dataset, read_rows
+from app.fleet.prequantized import check_prequantized_base
+from app.fleet.routing import fleet_refusal
 from app.spec.job import HubDataset, JobSpec
 from app.tenants import limits
 from app.tenants.auth import Caller
@@ -107,3 +109,22 @@ def enforce(report: ValidationReport) -> None:
         if (estimate := estimate_service.stored_estimate(report)) is not None:
             extra["estimate"] = estimate  # the numbers behind a job that fits no GPU
         raise Invalid(report.summary(), extra=extra)
+
+
+def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
+    """The checks of POST /jobs/validate (data, columns, rows, tokenizer, lengths, fit); 422 on any problem.
+
+    A GPTQ/AWQ base is checked first: a second quantization is refused, a default one becomes null.
+    """
+    check_fleet_fits(spec)
+    check_prequantized_base(spec)
+    report = check_job_spec(session, caller, spec)
+    enforce(report)
+    return report
+
+
+def check_fleet_fits(spec: JobSpec) -> None:
+    """422 for a job no machine of the declared fleet could ever run (too many GPUs, too much GPU memory)."""
+    if (refusal := fleet_refusal(spec.resources)) is not None:
+        field, message = refusal
+        raise Invalid(message, extra={"problems": [{"field": field, "message": message}]})

@@ -3,7 +3,10 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,3 +54,19 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+async def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator dependency
+    """The request's session. Async, so FastAPI does not hop to a worker thread to open it (a session touches no
+    database until its first query); the commit, which may write and fsync, still runs in a worker thread."""
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+        await run_in_threadpool(session.commit)
+    finally:
+        session.close()  # rolls back whatever was not committed (an error) and returns the connection
+
+
+# scope="function": the commit happens before the response is sent. (A request-scoped dependency's exit code runs
+# after the response; a client acting on a 200 could then race the commit, e.g. a revoked key still accepted.)
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -6,10 +6,11 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from pydantic import BaseModel
 
 from app import storage
+from app.core.db import SessionDep
 from app.datasets import service as datasets_service
 from app.jobs.retention import DeletedPublic
 from app.jobs.schemas import DatasetPublic, DatasetsPublic
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, UploadRate
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])

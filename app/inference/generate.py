@@ -14,11 +14,12 @@ from pydantic import BaseModel, Field, StringConstraints
 from app.broker import calls as worker_calls
 from app.broker.tasks import GENERATE_TASK
 from app.core.config import settings
+from app.core.db import SessionDep
 from app.core.errors import Conflict, DomainError, Invalid, NotFound
 from app.jobs import service as jobs_service
 from app.models import Job
 from app.spec.job import StrictModel
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["generate"])
 SYNC_MAX_PROMPTS = 8  # more prompts than this always run asynchronously

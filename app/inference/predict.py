@@ -9,10 +9,11 @@ from sqlalchemy.orm import Session
 from app.broker import calls as worker_calls
 from app.broker.tasks import PREDICT_TASK
 from app.core.config import settings
+from app.core.db import SessionDep
 from app.core.errors import Conflict, DomainError, Invalid
 from app.jobs import service as jobs_service
 from app.spec.job import StrictModel
-from app.tenants.auth import Caller, CallerDep, SessionDep
+from app.tenants.auth import Caller, CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["inference"])
 MAX_TEXTS = 256

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.broker.queue import enqueue_training
+from app.core.db import SessionDep
 from app.jobs import retention
 from app.jobs import service as jobs_service
 from app.jobs.retention import DeletedPublic
@@ -22,7 +23,7 @@ from app.models import Artifact, Job
 from app.spec.job import JobSpec
 from app.spec.lineage import clone_spec
 from app.storage.downloads import stored_file_response
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, SubmitRate
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

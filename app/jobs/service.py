@@ -11,12 +11,10 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.broker import events
-from app.broker.queue import fleet_refusal, training_queue_for
 from app.checks import estimate as estimate_service
 from app.checks import service as validate_service
-from app.checks.data import ValidationReport
 from app.core.errors import Conflict, Invalid, NotFound
-from app.fleet.prequantized import check_prequantized_base
+from app.fleet.routing import training_queue_for
 from app.jobs import retention
 from app.jobs.webhooks import notify_job_finished
 from app.models import TERMINAL_STATUSES, Artifact, Job, utcnow
@@ -28,25 +26,6 @@ log = logging.getLogger(__name__)
 ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
-def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
-    """The checks of POST /jobs/validate (data, columns, rows, tokenizer, lengths, fit); 422 on any problem.
-
-    A GPTQ/AWQ base is checked first: a second quantization is refused, a default one becomes null.
-    """
-    check_fleet_fits(spec)
-    check_prequantized_base(spec)
-    report = validate_service.check_job_spec(session, caller, spec)
-    validate_service.enforce(report)
-    return report
-
-
-def check_fleet_fits(spec: JobSpec) -> None:
-    """422 for a job no machine of the declared fleet could ever run (too many GPUs, too much GPU memory)."""
-    if (refusal := fleet_refusal(spec.resources)) is not None:
-        field, message = refusal
-        raise Invalid(message, extra={"problems": [{"field": field, "message": message}]})
-
-
 def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
     """Record a queued job; returns (job, created). Commit, then enqueue: the caller does both."""
     if idempotency_key:
@@ -56,7 +35,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         if existing is not None:
             return existing, False
     limits.check_queued_quota(session, caller.tenant)
-    report = validate_submission(session, caller, spec)
+    report = validate_service.validate_submission(session, caller, spec)
     spec = estimate_service.spec_to_run(spec, report)  # auto_fit_batch may have lowered the micro-batch
     job = Job(
         tenant=caller.tenant,

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from app.core.db import SessionDep
 from app.inference import evaluations_service
 from app.inference.evaluations import EvaluationPublic
 from app.jobs import service as jobs_service
 from app.observability import metrics_service
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["metrics"])
 

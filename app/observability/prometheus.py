@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.broker import events, queue
+from app.core.db import SessionDep
 from app.models import Job, JobStatus, MetricPoint
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 
 STATUSES = tuple(s.value for s in JobStatus)
 UNTIMED_ROUTES = {"/jobs/{job_id}/events"}  # a stream lasts as long as its job: not a latency

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, Response
 
 from app import storage
 from app.broker.queue import enqueue_training
+from app.core.db import SessionDep
 from app.jobs import service as jobs_service
 from app.jobs.webhooks import notify_job_finished
 from app.openai import events as openai_events
@@ -24,7 +25,7 @@ from app.openai.schemas import (
     ListObject,
 )
 from app.storage.downloads import stored_file_response
-from app.tenants.auth import CallerDep, SessionDep
+from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, SubmitRate, UploadRate
 
 router = APIRouter(prefix="/v1", tags=["openai"])

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
+from app.core.db import SessionDep
 from app.core.errors import Forbidden, Invalid, Unauthorized
 from app.models import ApiKey
 
@@ -69,22 +69,6 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
     if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return Caller(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
-
-
-async def get_session(request: Request):  # noqa: ANN201 - a FastAPI generator dependency
-    """The request's session. Async, so FastAPI does not hop to a worker thread to open it (a session touches no
-    database until its first query); the commit, which may write and fsync, still runs in a worker thread."""
-    session = request.app.state.sessionmaker()
-    try:
-        yield session
-        await run_in_threadpool(session.commit)
-    finally:
-        session.close()  # rolls back whatever was not committed (an error) and returns the connection
-
-
-# scope="function": the commit happens before the response is sent. (A request-scoped dependency's exit code runs
-# after the response; a client acting on a 200 could then race the commit, e.g. a revoked key still accepted.)
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_caller(request: Request, session: SessionDep) -> Caller:

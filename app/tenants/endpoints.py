@@ -6,12 +6,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.db import SessionDep
 from app.core.errors import Forbidden
 from app.jobs.schemas import UtcDatetime
 from app.models import ApiKey
 from app.tenants import limits
 from app.tenants import service as admin_service
-from app.tenants.auth import Caller, CallerDep, SessionDep
+from app.tenants.auth import Caller, CallerDep
 
 
 def require_admin(caller: CallerDep) -> Caller:

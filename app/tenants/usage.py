@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import storage
+from app.core.db import SessionDep
 from app.models import Artifact, Dataset, Job, utcnow
-from app.tenants.auth import CallerDep, SessionDep, listing_tenant
+from app.tenants.auth import CallerDep, listing_tenant
 
 router = APIRouter(tags=["usage"])
 ARTIFACT_KINDS = {"checkpoint": "checkpoints", "adapter": "adapters", "merged": "merged"}

@@ -10,10 +10,11 @@ from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
 
-from app.broker.queue import broker_priority, celery_config, fleet_refusal, training_queue_for, worker_queues
+from app.broker.queue import broker_priority, celery_config
 from app.core.config import settings
 from app.core.db import SessionLocal
 from app.fleet.gpu_classes import CPU, parse_fleet, parse_machines
+from app.fleet.routing import fleet_refusal, training_queue_for, worker_queues
 from app.jobs.service import queue_position
 from app.main import create_app
 from app.models import Job, utcnow
