@@ -9,12 +9,14 @@ from app.checks import endpoints as validate
 from app.core.config import settings
 from app.core.db import SessionLocal
 from app.core.errors import install_error_handlers
+from app.core.loops import PeriodicLoop
 from app.core.security import install_security
 from app.datasets import endpoints as datasets
 from app.inference import evaluations, exports, generate, predict
+from app.inference.reaper import reaper
 from app.jobs import endpoints as jobs
-from app.jobs.reconciler import Reconciler
-from app.jobs.retention import RetentionSweeper
+from app.jobs.reconciler import reconciler
+from app.jobs.retention import retention_sweeper
 from app.jobs.webhooks import WebhookDeliverer
 from app.observability import health, metrics
 from app.observability import stream as events
@@ -27,22 +29,20 @@ from app.web import mount_dashboard
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    reconciler = None
-    if settings.reconcile_every_seconds > 0:
-        reconciler = Reconciler(app.state.sessionmaker, settings.reconcile_every_seconds)
-        reconciler.start()
-    webhooks = WebhookDeliverer()  # sends what finished jobs queued for their webhook_url
-    webhooks.start()
-    sweeper = None
+    make_session = app.state.sessionmaker
+    loops: list[PeriodicLoop] = [WebhookDeliverer()]  # sends what finished jobs queued for their webhook_url
+    if settings.reconcile_every_seconds > 0:  # lost jobs re-sent, dead leases ended, dead exports/evaluations failed
+        loops += [
+            reconciler(make_session, settings.reconcile_every_seconds),
+            reaper(make_session, settings.reconcile_every_seconds),
+        ]
     if settings.retention_sweep_every_seconds > 0:  # FT_RETENTION_*: expired checkpoints, artifacts, datasets
-        sweeper = RetentionSweeper(app.state.sessionmaker, settings.retention_sweep_every_seconds)
-        sweeper.start()
+        loops.append(retention_sweeper(make_session, settings.retention_sweep_every_seconds))
+    for loop in loops:
+        loop.start()
     yield
-    if sweeper is not None:
-        sweeper.stop()
-    webhooks.stop()
-    if reconciler is not None:
-        reconciler.stop()
+    for loop in reversed(loops):
+        loop.stop()
 
 
 def create_app() -> FastAPI:

@@ -7,9 +7,9 @@ from pydantic import BaseModel
 
 from app import storage
 from app.core.db import SessionDep
+from app.core.schemas import DeletedPublic
 from app.datasets import service as datasets_service
-from app.jobs.retention import DeletedPublic
-from app.jobs.schemas import DatasetPublic, DatasetsPublic
+from app.datasets.schemas import DatasetPublic, DatasetsPublic
 from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, UploadRate
 

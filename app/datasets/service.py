@@ -7,14 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import storage
-from app.core.errors import Invalid, NotFound, TooLarge
+from app.core.errors import Conflict, Invalid, NotFound, TooLarge
 from app.datasets.files import parse_dataset
-from app.jobs import retention
-from app.models import Dataset
+from app.models import TERMINAL_STATUSES, Dataset, Job
 from app.tenants import limits
 from app.tenants.auth import Caller, can_see, listing_tenant
 
@@ -132,5 +132,27 @@ def list_datasets(session: Session, caller: Caller, limit: int, tenant: str | No
 def delete_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
     """Delete the caller's dataset record; 409 while a queued or running job uses it. Files go after the commit."""
     dataset = get_dataset(session, caller, dataset_id)
-    retention.delete_dataset_record(session, dataset)
+    delete_dataset_record(session, dataset)
     return dataset
+
+
+def jobs_using(session: Session, dataset: Dataset) -> list[str]:
+    """Queued or running jobs that train or evaluate on the dataset."""
+    active = session.scalars(select(Job).where(Job.tenant == dataset.tenant, Job.status.not_in(TERMINAL_STATUSES)))
+    return [j.id for j in active if dataset.id in (j.dataset_id, (j.spec or {}).get("validation_dataset"))]
+
+
+def delete_dataset_record(session: Session, dataset: Dataset) -> None:
+    """Delete the dataset's row (its files go after the commit); 409 while a queued or running job uses it."""
+    using = jobs_using(session, dataset)
+    if using:
+        raise Conflict(
+            f"dataset {dataset.id} is used by {len(using)} queued or running job(s) ({', '.join(using[:5])}); "
+            "cancel or wait for them, then delete it"
+        )
+    session.execute(update(Job).where(Job.dataset_id == dataset.id).values(dataset_id=None))  # finished jobs
+    try:
+        session.execute(delete(Dataset).where(Dataset.id == dataset.id))
+        session.flush()
+    except IntegrityError:  # a job naming it was queued in between
+        raise Conflict(f"dataset {dataset.id} was just used by a new job; try again once it has finished") from None

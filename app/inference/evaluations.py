@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 from app.broker import calls as worker_calls
 from app.broker.tasks import EVALUATE_TASK
 from app.core.db import SessionDep
+from app.core.schemas import UtcDatetime
 from app.inference import evaluations_service
 from app.jobs import service as jobs_service
-from app.jobs.schemas import UtcDatetime
 from app.models import Evaluation
 from app.spec.job import StrictModel
 from app.tenants.auth import CallerDep

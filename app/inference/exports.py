@@ -16,8 +16,8 @@ from app.broker import calls as worker_calls
 from app.broker.tasks import EXPORT_TASK
 from app.core.db import SessionDep
 from app.core.errors import Conflict, NotFound
+from app.core.schemas import UtcDatetime
 from app.jobs import service as jobs_service
-from app.jobs.schemas import UtcDatetime
 from app.models import Export, Job
 from app.spec.adapter import PROMPT_LEARNING
 from app.spec.job import StrictModel

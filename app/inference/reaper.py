@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import settings
+from app.core.loops import PeriodicLoop
 from app.models import Evaluation, Export, utcnow
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ def reap_once(make_session: sessionmaker) -> list[str]:
         reaped = reap_stale(session, utcnow())
         session.commit()
     return reaped
+
+
+def reaper(make_session: sessionmaker, interval: float) -> PeriodicLoop:
+    """The loop calling reap_once at the reconciler's pace (FT_RECONCILE_EVERY_SECONDS)."""
+    return PeriodicLoop("reaper", interval, lambda: reap_once(make_session))
 
 
 def beat(make_session: sessionmaker, model: type[Export] | type[Evaluation], row_id: str) -> None:

@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 from app import storage
 from app.broker.queue import enqueue_training
 from app.core.db import SessionDep
+from app.core.schemas import DeletedPublic
 from app.jobs import retention
 from app.jobs import service as jobs_service
-from app.jobs.retention import DeletedPublic
 from app.jobs.schemas import (
     ArtifactPublic,
     ArtifactsPublic,

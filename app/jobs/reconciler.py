@@ -8,7 +8,6 @@ Runs in every API process (a thread), safe with many replicas: each change is a 
 
 import logging
 import secrets
-import threading
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.broker import events
 from app.broker.queue import enqueue_training
 from app.core.config import settings
-from app.inference.reaper import reap_once
+from app.core.loops import PeriodicLoop
 from app.jobs.webhooks import notify_job_finished
 from app.models import Job, utcnow
 
@@ -87,25 +86,8 @@ def reconcile_once(make_session: sessionmaker) -> None:
             notify_job_finished(job_id, session)  # their workers are gone and cannot send the webhook
         _resend_unsent(session)
         session.commit()
-    reap_once(make_session)  # exports and evaluations whose worker died: failed (app/inference/reaper.py)
 
 
-class Reconciler(threading.Thread):
-    """A daemon thread calling reconcile_once every FT_RECONCILE_EVERY_SECONDS until stopped."""
-
-    def __init__(self, make_session: sessionmaker, interval: float):
-        super().__init__(name="reconciler", daemon=True)
-        self.make_session = make_session
-        self.interval = interval
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                reconcile_once(self.make_session)
-            except Exception as exc:  # Redis or the database is down: try again next round
-                log.warning("reconcile failed (%s: %s); retrying in %ss", type(exc).__name__, exc, self.interval)
-            self.stopping.wait(self.interval)
-
-    def stop(self) -> None:
-        self.stopping.set()
+def reconciler(make_session: sessionmaker, interval: float) -> PeriodicLoop:
+    """The loop calling reconcile_once every FT_RECONCILE_EVERY_SECONDS."""
+    return PeriodicLoop("reconciler", interval, lambda: reconcile_once(make_session))

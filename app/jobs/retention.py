@@ -9,56 +9,23 @@ Files are removed from the store (app/storage/: FT_DATA_DIR, or the S3 bucket an
 """
 
 import logging
-import threading
 import time
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import storage
 from app.broker import events
 from app.core.config import settings
 from app.core.errors import Conflict
+from app.core.loops import PeriodicLoop
+from app.datasets.service import delete_dataset_record
 from app.models import TERMINAL_STATUSES, Artifact, Dataset, Job, utcnow
 from app.storage import remove_tree
 
 log = logging.getLogger(__name__)
-ACTIVE = ("queued", "running", "cancelling")
 ORPHAN_AGE_S = 3600  # a directory without its row is left this long: an upload or a job may be mid-commit
-
-
-class DeletedPublic(BaseModel):
-    id: str
-    object: str  # "dataset" or "job"
-    deleted: bool = True
-    cancelled: bool = False  # a queued or running job was cancelled first
-    kept_metrics: bool = False  # the job's record and metrics stay; only its files went
-    freed_bytes: int
-
-
-def jobs_using(session: Session, dataset: Dataset) -> list[str]:
-    """Queued or running jobs that train or evaluate on the dataset."""
-    active = session.scalars(select(Job).where(Job.tenant == dataset.tenant, Job.status.in_(ACTIVE)))
-    return [j.id for j in active if dataset.id in (j.dataset_id, (j.spec or {}).get("validation_dataset"))]
-
-
-def delete_dataset_record(session: Session, dataset: Dataset) -> None:
-    """Delete the dataset's row (its files go after the commit); 409 while a queued or running job uses it."""
-    using = jobs_using(session, dataset)
-    if using:
-        raise Conflict(
-            f"dataset {dataset.id} is used by {len(using)} queued or running job(s) ({', '.join(using[:5])}); "
-            "cancel or wait for them, then delete it"
-        )
-    session.execute(update(Job).where(Job.dataset_id == dataset.id).values(dataset_id=None))  # finished jobs
-    try:
-        session.execute(delete(Dataset).where(Dataset.id == dataset.id))
-        session.flush()
-    except IntegrityError:  # a job naming it was queued in between
-        raise Conflict(f"dataset {dataset.id} was just used by a new job; try again once it has finished") from None
 
 
 def delete_job_record(session: Session, job: Job, keep_metrics: bool) -> None:
@@ -189,21 +156,6 @@ def sweep_once(make_session: sessionmaker, now: datetime | None = None) -> int:
     return freed
 
 
-class RetentionSweeper(threading.Thread):
-    """A daemon thread calling sweep_once every FT_RETENTION_SWEEP_EVERY_SECONDS until stopped."""
-
-    def __init__(self, make_session: sessionmaker, interval: float):
-        super().__init__(name="retention", daemon=True)
-        self.make_session, self.interval = make_session, interval
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                sweep_once(self.make_session)
-            except Exception as exc:  # the database is down: try again next round
-                log.warning("retention sweep failed (%s: %s); retrying in %ss", type(exc).__name__, exc, self.interval)
-            self.stopping.wait(self.interval)
-
-    def stop(self) -> None:
-        self.stopping.set()
+def retention_sweeper(make_session: sessionmaker, interval: float) -> PeriodicLoop:
+    """The loop calling sweep_once every FT_RETENTION_SWEEP_EVERY_SECONDS."""
+    return PeriodicLoop("retention", interval, lambda: sweep_once(make_session))

@@ -1,41 +1,11 @@
 """Response shapes, named by role (DatasetPublic, JobPublic, ...), built from ORM rows."""
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel
+from pydantic import BaseModel
 
-from app.models import Dataset, Job
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-# SQLite hands back naive datetimes (every one stored here is UTC): shown with their offset, as RFC 3339 says.
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-
-
-class DatasetPublic(BaseModel):
-    id: str
-    tenant: str | None = None
-    name: str
-    filename: str
-    format: str
-    rows: int
-    columns: list[str]
-    size_bytes: int
-    sha256: str
-    created_at: UtcDatetime
-
-    @classmethod
-    def of(cls, row: Dataset) -> "DatasetPublic":
-        return cls.model_validate(row, from_attributes=True)
-
-
-class DatasetsPublic(BaseModel):
-    data: list[DatasetPublic]
-    next_cursor: str | None = None
+from app.core.schemas import UtcDatetime
+from app.models import Job
 
 
 class Progress(BaseModel):

@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import secrets
-import threading
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.broker import events
 from app.core.config import settings
 from app.core.db import SessionLocal
+from app.core.loops import PeriodicLoop
 from app.jobs.schemas import JobPublic
 from app.models import TERMINAL_STATUSES, Job, utcnow
 
@@ -181,24 +181,18 @@ def notify_job_finished(job_id: str, session: Session | None = None, outbox: Out
         return None
 
 
-class WebhookDeliverer(threading.Thread):
-    """A daemon thread in each API process sending due deliveries every `interval` seconds until stopped."""
+class WebhookDeliverer(PeriodicLoop):
+    """The loop in each API process sending due deliveries every `interval` seconds (Redis down: they wait)."""
 
     def __init__(self, interval: float = 1.0, outbox: Outbox | None = None):
-        super().__init__(name="webhooks", daemon=True)
-        self.interval = interval
+        super().__init__("webhooks", interval, self._deliver)
         self.outbox = outbox
-        self.stopping = threading.Event()
+        self.client = httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
+
+    def _deliver(self) -> None:
+        self.outbox = self.outbox or Outbox(events.redis_client())
+        deliver_due(self.outbox, self.client)
 
     def run(self) -> None:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
-            while not self.stopping.is_set():
-                try:
-                    self.outbox = self.outbox or Outbox(events.redis_client())
-                    deliver_due(self.outbox, client)
-                except Exception as exc:  # Redis down: the deliveries wait in the outbox
-                    log.warning("webhook delivery round failed (%s: %s)", type(exc).__name__, exc)
-                self.stopping.wait(self.interval)
-
-    def stop(self) -> None:
-        self.stopping.set()
+        with self.client:
+            super().run()

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.db import SessionDep
 from app.core.errors import Forbidden
-from app.jobs.schemas import UtcDatetime
+from app.core.schemas import UtcDatetime
 from app.models import ApiKey
 from app.tenants import limits
 from app.tenants import service as admin_service
