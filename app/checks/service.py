@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app.checks import estimate as estimate_service
 from app.checks.classification import check_classification
 from app.checks.data import DataSource, Problem, ValidationReport, check_data
-from app.checks.tokenization import ModelTokenizer
+from app.checks.tokenization import ModelTokenizer, load_tokenizer
 from app.core.config import settings
 from app.core.errors import DomainError, Invalid, NotFound
 from app.datasets import hub as hub_files
@@ -16,7 +16,7 @@ from app.datasets.service import get_dataset, read_rows
 from app.fleet.prequantized import check_prequantized_base
 from app.fleet.routing import fleet_refusal
 from app.spec.job import HubDataset, JobSpec
-from app.tenants import limits
+from app.tenants import limits as tenant_limits
 from app.tenants.auth import Caller
 
 
@@ -75,7 +75,7 @@ def _source(
 def _tokenizer_loader(base_model: str, report: ValidationReport):  # noqa: ANN202 - a zero-argument callable
     def load() -> ModelTokenizer | None:
         try:
-            return hub_files.load_tokenizer(base_model)
+            return load_tokenizer(base_model)
         except hub_files.HubUnavailable as exc:
             report.warnings.append(f"base_model: {exc}; token lengths, truncation and masks were not checked")
         except Invalid as exc:
@@ -99,7 +99,7 @@ def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> Validatio
     check(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
     if not any(p.field == "base_model" for p in report.problems):
         estimate_service.add_estimate(spec, report)  # memory, time, GPU-hours; refuses a job that fits no GPU
-    return limits.check_spec_bounds(spec, caller.tenant, report)
+    return check_spec_bounds(spec, caller.tenant, report)
 
 
 def enforce(report: ValidationReport) -> None:
@@ -128,3 +128,39 @@ def check_fleet_fits(spec: JobSpec) -> None:
     if (refusal := fleet_refusal(spec.resources)) is not None:
         field, message = refusal
         raise Invalid(message, extra={"problems": [{"field": field, "message": message}]})
+
+
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def check_spec_bounds(spec: JobSpec, tenant: str, report: ValidationReport) -> ValidationReport:
+    """Add a problem for every spec value over the tenant's bounds (POST /jobs refuses them with 422)."""
+    limits = tenant_limits.limits_for(tenant)
+    t = spec.training
+    found: list[Problem] = []
+
+    def over(field: str, value: float, name: str, hint: str) -> None:
+        allowed = getattr(limits, name)
+        if value > allowed:
+            message = (
+                f"{_num(value)} is over this tenant's limit of {_num(allowed)} ({name}, {limits.source(name)}); {hint}"
+            )
+            found.append(Problem(field=field, message=message))
+
+    if t.max_steps is not None:
+        over("training.max_steps", t.max_steps, "max_training_steps", "lower it")
+    else:
+        over("training.epochs", t.epochs, "max_epochs", "lower it, or set training.max_steps")
+        steps = report.total_steps
+        if steps is not None and steps > limits.max_training_steps and t.epochs <= limits.max_epochs:
+            message = (
+                f"{t.epochs:g} epochs would run {steps:,} steps, over this tenant's limit of "
+                f"{limits.max_training_steps:,} (max_training_steps); lower epochs or set training.max_steps"
+            )
+            found.append(Problem(field="training.epochs", message=message))
+    over("training.max_seq_length", t.max_seq_length, "max_seq_length", "lower it")
+    over("lora.r", spec.lora.r, "max_lora_rank", "lower it")
+    report.problems.extend(found)
+    report.ok = not report.problems
+    return report

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from app.checks.chat_templates import has_generation_markers, render_chat, training_template_for
+from app.core.config import settings
+from app.datasets.hub import HubUnavailable, hub_snapshot
 
 
 @dataclass
@@ -145,3 +147,18 @@ def describe(tok: ModelTokenizer, item: Tokenized) -> dict[str, str]:
         "text": decode(item.ids, skip_special_tokens=False),
         "trained": " … ".join(decode(run, skip_special_tokens=False) for run in runs),
     }
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def load_tokenizer(base_model: str) -> ModelTokenizer:
+    """The base model's tokenizer: a directory in FT_MODELS_DIR, else its tokenizer files from the Hub."""
+    local = (settings.resolved_models_dir / base_model).resolve()
+    if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
+        root = local
+    else:
+        root = hub_snapshot(base_model, "model", list(TOKENIZER_FILES))
+    if not (root / "tokenizer.json").is_file():
+        raise HubUnavailable(f"{base_model!r} has no tokenizer.json, which the checks need")
+    return read_model_tokenizer(root)

@@ -146,5 +146,10 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
 
+    def largest_upload_bytes(self) -> int:
+        """The biggest upload any tenant may send: what the body-size middleware lets through before auth."""
+        overrides = [o["max_upload_bytes"] for o in self.tenant_limits.values() if "max_upload_bytes" in o]
+        return int(max([self.max_upload_bytes, *overrides]))
+
 
 settings = Settings()

@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import settings
 from app.core.errors import OPENAI_STATUS, is_openai_path, openai_error
-from app.tenants import limits
 
 MULTIPART_FRAMING_BYTES = 64 * 1024  # the form's boundaries, headers and a `name` field around the file
 PUBLIC_PATHS = {"/healthz", "/readyz"}
@@ -29,7 +28,7 @@ class BodyTooLarge(HTTPException):
 
 def body_limit(content_type: str) -> tuple[int, str]:
     if content_type.startswith("multipart/form-data"):
-        return limits.largest_upload_bytes() + MULTIPART_FRAMING_BYTES, "uploads (FT_MAX_UPLOAD_BYTES)"
+        return settings.largest_upload_bytes() + MULTIPART_FRAMING_BYTES, "uploads (FT_MAX_UPLOAD_BYTES)"
     return settings.max_request_body_bytes, "request bodies (FT_MAX_REQUEST_BODY_BYTES)"
 
 

@@ -8,7 +8,6 @@ split's files are chosen by the Hub's naming conventions and parsed by the same 
 import re
 from pathlib import Path
 
-from app.checks.tokenization import ModelTokenizer, read_model_tokenizer
 from app.core.config import settings
 from app.core.errors import Invalid, TooLarge
 from app.datasets.files import FORMATS, ParsedDataset, parse_dataset
@@ -22,7 +21,6 @@ SPLIT_NAMES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing", "eval", "evaluation"),
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 class HubUnavailable(Exception):
@@ -50,7 +48,7 @@ def split_files(root: Path, split: str) -> list[Path]:
     return files if split == "train" and not named else []
 
 
-def _snapshot(repo_id: str, repo_type: str, patterns: list[str]) -> Path:
+def hub_snapshot(repo_id: str, repo_type: str, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -70,7 +68,7 @@ def _snapshot(repo_id: str, repo_type: str, patterns: list[str]) -> Path:
 
 def load_hub_dataset(ref: HubDataset) -> ParsedDataset:
     """Rows of `ref.split` of a Hub dataset repo, parsed like an upload and held to the same size limit."""
-    root = _snapshot(ref.hub, "dataset", DATA_PATTERNS)
+    root = hub_snapshot(ref.hub, "dataset", DATA_PATTERNS)
     files = split_files(root, ref.split)
     if not files:
         raise Invalid(
@@ -93,15 +91,3 @@ def load_hub_dataset(ref: HubDataset) -> ParsedDataset:
         columns.update(dict.fromkeys(parsed.columns))
         formats.append(parsed.format)
     return ParsedDataset(format=formats[0], rows=rows, columns=list(columns))
-
-
-def load_tokenizer(base_model: str) -> ModelTokenizer:
-    """The base model's tokenizer: a directory in FT_MODELS_DIR, else its tokenizer files from the Hub."""
-    local = (settings.resolved_models_dir / base_model).resolve()
-    if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
-        root = local
-    else:
-        root = _snapshot(base_model, "model", list(TOKENIZER_FILES))
-    if not (root / "tokenizer.json").is_file():
-        raise HubUnavailable(f"{base_model!r} has no tokenizer.json, which the checks need")
-    return read_model_tokenizer(root)

@@ -20,11 +20,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.broker.events import redis_client
-from app.checks.data import Problem, ValidationReport
 from app.core.config import settings
 from app.core.errors import TooManyRequests
 from app.models import Dataset, Job
-from app.spec.job import JobSpec
 from app.tenants.auth import Caller, current_caller
 
 log = logging.getLogger(__name__)
@@ -66,12 +64,6 @@ def limits_for(tenant: str) -> TenantLimits:
     return TenantLimits(**values)  # type: ignore[arg-type]
 
 
-def largest_upload_bytes() -> int:
-    """The biggest upload any tenant may send: what the body-size middleware lets through before auth."""
-    overrides = [o["max_upload_bytes"] for o in settings.tenant_limits.values() if "max_upload_bytes" in o]
-    return int(max([settings.max_upload_bytes, *overrides]))
-
-
 # --- usage ---
 
 
@@ -99,10 +91,6 @@ def _quota_error(limits: TenantLimits, name: str, usage: int, message: str, retr
 # --- checks at submit and upload ---
 
 
-def _num(value: float) -> str:
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
-
-
 def check_queued_quota(session: Session, tenant: str) -> None:
     """429 when the tenant already has as many queued jobs as it may."""
     limits = limits_for(tenant)
@@ -119,38 +107,6 @@ def check_storage_quota(session: Session, tenant: str, new_bytes: int) -> None:
     if used + new_bytes > limits.max_dataset_storage_bytes:
         message = f"tenant {tenant!r} holds {used:,} bytes of datasets; this {new_bytes:,}-byte upload does not fit"
         raise _quota_error(limits, "max_dataset_storage_bytes", used, message, None)
-
-
-def check_spec_bounds(spec: JobSpec, tenant: str, report: ValidationReport) -> ValidationReport:
-    """Add a problem for every spec value over the tenant's bounds (POST /jobs refuses them with 422)."""
-    limits = limits_for(tenant)
-    t = spec.training
-    found: list[Problem] = []
-
-    def over(field: str, value: float, name: str, hint: str) -> None:
-        allowed = getattr(limits, name)
-        if value > allowed:
-            message = (
-                f"{_num(value)} is over this tenant's limit of {_num(allowed)} ({name}, {limits.source(name)}); {hint}"
-            )
-            found.append(Problem(field=field, message=message))
-
-    if t.max_steps is not None:
-        over("training.max_steps", t.max_steps, "max_training_steps", "lower it")
-    else:
-        over("training.epochs", t.epochs, "max_epochs", "lower it, or set training.max_steps")
-        steps = report.total_steps
-        if steps is not None and steps > limits.max_training_steps and t.epochs <= limits.max_epochs:
-            message = (
-                f"{t.epochs:g} epochs would run {steps:,} steps, over this tenant's limit of "
-                f"{limits.max_training_steps:,} (max_training_steps); lower epochs or set training.max_steps"
-            )
-            found.append(Problem(field="training.epochs", message=message))
-    over("training.max_seq_length", t.max_seq_length, "max_seq_length", "lower it")
-    over("lora.r", spec.lora.r, "max_lora_rank", "lower it")
-    report.problems.extend(found)
-    report.ok = not report.problems
-    return report
 
 
 # --- rate limits (Redis, so every API replica counts together) ---

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app.broker import events
 from app.checks.data import ValidationReport
+from app.checks.service import check_spec_bounds
 from app.core.config import Settings, settings
 from app.core.db import SessionLocal
 from app.core.errors import TooLarge, TooManyRequests, UnsupportedMediaType
@@ -85,19 +86,17 @@ def test_spec_bounds_name_the_field(monkeypatch: pytest.MonkeyPatch, tenant: str
         "training.max_seq_length": spec(max_seq_length=512),
     }
     for field, job in cases.items():
-        report = limits.check_spec_bounds(job, tenant, ValidationReport(ok=True))
+        report = check_spec_bounds(job, tenant, ValidationReport(ok=True))
         assert not report.ok and report.problems[0].field == field, report
         assert "limit" in report.problems[0].message
     rank = JobSpec.model_validate(
         {"base_model": "tiny", "dataset": "ds_x", "lora": {"r": 32}, "training": {"max_seq_length": 128}}
     )
-    assert limits.check_spec_bounds(rank, tenant, ValidationReport(ok=True)).problems[0].field == "lora.r"
+    assert check_spec_bounds(rank, tenant, ValidationReport(ok=True)).problems[0].field == "lora.r"
     # Epochs within bounds that would still run too many steps are refused too.
-    many = limits.check_spec_bounds(
-        spec(epochs=2, max_seq_length=128), tenant, ValidationReport(ok=True, total_steps=500)
-    )
+    many = check_spec_bounds(spec(epochs=2, max_seq_length=128), tenant, ValidationReport(ok=True, total_steps=500))
     assert many.problems[0].field == "training.epochs" and "500 steps" in many.problems[0].message
-    fine = limits.check_spec_bounds(spec(max_steps=100, max_seq_length=128), tenant, ValidationReport(ok=True))
+    fine = check_spec_bounds(spec(max_steps=100, max_seq_length=128), tenant, ValidationReport(ok=True))
     assert fine.ok
 
 
