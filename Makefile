@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The inner loop: no processes started, no model trained (well under 2 minutes).
+test-fast: setup
+	$(PY) -m pytest -m "not integration and not training" $(PYTEST_ARGS)
+
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 # Recipe vs ours side by side (docs/benchmarks.md): BENCH_ARGS=--quick checks it end to end in a few steps,
 # --techniques adds each technique alone; bench/gpu.sh is the GPU version.

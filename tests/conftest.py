@@ -31,3 +31,15 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return SESSION_DIR
+
+
+SLOW_FOLDERS = {"integration": "integration", "training": "training"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by folder: tests/integration/ starts real processes, tests/training/ trains real models; the rest is
+    `make test-fast` (no processes, no training)."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+        if parts and parts[0] in SLOW_FOLDERS:
+            item.add_marker(SLOW_FOLDERS[parts[0]])

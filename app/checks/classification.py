@@ -21,7 +21,8 @@ from app.checks.data import (
 )
 from app.checks.tokenization import ModelTokenizer
 from app.spec.examples import RowError, eval_split_indices, render_template
-from app.spec.job import ClassificationFormat, JobSpec
+from app.spec.formats import ClassificationFormat
+from app.spec.job import JobSpec
 
 Labelled = tuple[str, int]  # (text, label id)
 

@@ -21,7 +21,8 @@ from app.checks.tokenization import (
     tokenize_example,
 )
 from app.spec.examples import RowError, eval_split_indices, to_example
-from app.spec.job import ChatFormat, JobSpec
+from app.spec.formats import ChatFormat
+from app.spec.job import JobSpec
 
 MAX_ROW_PROBLEMS = 20  # listed one by one; the rest are counted
 PREVIEW_EXAMPLES = 3

@@ -15,7 +15,8 @@ from app.datasets import hub as hub_files
 from app.datasets.service import get_dataset, read_rows
 from app.fleet.prequantized import check_prequantized_base
 from app.fleet.routing import fleet_refusal
-from app.spec.job import HubDataset, JobSpec
+from app.spec.formats import HubDataset
+from app.spec.job import JobSpec
 from app.tenants import limits as tenant_limits
 from app.tenants.auth import Caller
 

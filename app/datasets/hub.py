@@ -11,7 +11,7 @@ from pathlib import Path
 from app.core.config import settings
 from app.core.errors import Invalid, TooLarge
 from app.datasets.files import FORMATS, ParsedDataset, parse_dataset
-from app.spec.job import HubDataset
+from app.spec.formats import HubDataset
 
 DATA_PATTERNS = [f"*{suffix}" for suffix in FORMATS]
 NOT_DATA = re.compile(r"(^|/)(\.|dataset_infos?\.json$|dataset_dict\.json$|state\.json$)")

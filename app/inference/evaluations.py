@@ -18,7 +18,7 @@ from app.core.schemas import UtcDatetime
 from app.inference import evaluations_service
 from app.jobs import service as jobs_service
 from app.models import Evaluation
-from app.spec.job import StrictModel
+from app.spec.formats import StrictModel
 from app.tenants.auth import CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["evaluations"])

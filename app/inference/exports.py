@@ -20,7 +20,7 @@ from app.core.schemas import UtcDatetime
 from app.jobs import service as jobs_service
 from app.models import Export, Job
 from app.spec.adapter import PROMPT_LEARNING
-from app.spec.job import StrictModel
+from app.spec.formats import StrictModel
 from app.tenants.auth import CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["exports"])

@@ -18,7 +18,7 @@ from app.core.db import SessionDep
 from app.core.errors import Conflict, DomainError, Invalid, NotFound
 from app.jobs import service as jobs_service
 from app.models import Job
-from app.spec.job import StrictModel
+from app.spec.formats import StrictModel
 from app.tenants.auth import CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["generate"])

@@ -12,7 +12,7 @@ from app.core.config import settings
 from app.core.db import SessionDep
 from app.core.errors import Conflict, DomainError, Invalid
 from app.jobs import service as jobs_service
-from app.spec.job import StrictModel
+from app.spec.formats import StrictModel
 from app.tenants.auth import Caller, CallerDep
 
 router = APIRouter(prefix="/jobs", tags=["inference"])

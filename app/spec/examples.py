@@ -9,7 +9,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from app.spec.job import ChatFormat, PromptCompletionFormat, TemplateFormat, TextFormat
+from app.spec.formats import ChatFormat, PromptCompletionFormat, TemplateFormat, TextFormat
 
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
 Example = dict[str, Any]

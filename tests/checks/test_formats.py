@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from app.checks.data import DataSource, ValidationReport, check_data, packed_rows, percentile, total_steps
 from app.checks.tokenization import read_model_tokenizer
 from app.spec.examples import RowError, build_examples, render_template, split_eval, to_example
-from app.spec.job import JobSpec, PromptCompletionFormat, TemplateFormat
+from app.spec.formats import PromptCompletionFormat, TemplateFormat
+from app.spec.job import JobSpec
 from tests.conftest import TINY_MODEL
 
 QUOTES = [{"quote": f"Quote number {i}.", "tags": ["life", "humor"]} for i in range(10)]

@@ -11,7 +11,8 @@ from app.checks.service import check_job_spec
 from app.core.config import settings
 from app.core.errors import Invalid, TooLarge
 from app.datasets.hub import HubUnavailable, load_hub_dataset, split_files
-from app.spec.job import HubDataset, JobSpec
+from app.spec.formats import HubDataset
+from app.spec.job import JobSpec
 from app.tenants.auth import Caller
 from tests.conftest import TINY_MODEL
 

@@ -1,0 +1,139 @@
+"""Where a job's examples come from and how a row becomes one: Hub datasets, the five data formats, templates."""
+
+import re
+import string
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a `{column}` template uses; refuses anything but plain names.
+
+    A template is user input: `{x.__class__}` or `{x[0]}` would reach into Python objects, so only
+    identifiers are allowed, with no conversion or format spec. `{{` and `}}` are literal braces.
+    """
+    fields: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"template is not valid: {exc} (write literal braces as {{{{ and }}}})") from exc
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() and not re.fullmatch(r"[\w -]+", name or ""):
+            raise ValueError(f"template field {{{name}}} must be a plain column name")
+        if spec or conversion:
+            raise ValueError(f"template field {{{name}}} must not carry a conversion or format spec")
+        fields.append(name)
+    return fields
+
+
+class HubDataset(StrictModel):
+    hub: str = Field(description="A Hugging Face Hub dataset id, e.g. `Abirate/english_quotes`.")
+    split: str = Field("train", description="Which split to train on.")
+
+    @field_validator("hub")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not HUB_ID.fullmatch(value):
+            raise ValueError("hub must be a dataset id like `owner/name` (no URLs or paths)")
+        return value
+
+
+class TextFormat(StrictModel):
+    type: Literal["text"] = "text"
+    field: str = Field("text", description="The column trained on as is.")
+
+    def columns(self) -> list[str]:
+        return [self.field]
+
+
+class TemplateFormat(StrictModel):
+    type: Literal["template"] = "template"
+    template: str = Field(description="A `{column}` template rendered per row, e.g. `{quote} ->: {tags}`.")
+
+    @field_validator("template")
+    @classmethod
+    def _fields(cls, value: str) -> str:
+        if not template_fields(value):
+            raise ValueError("template must name at least one {column}")
+        return value
+
+    def columns(self) -> list[str]:
+        return template_fields(self.template)
+
+
+class PromptCompletionFormat(StrictModel):
+    type: Literal["prompt_completion"] = "prompt_completion"
+    prompt: str = Field("{prompt}", description="Template of the prompt (no loss on it).")
+    completion: str = Field("{completion}", description="Template of the completion (the loss is here).")
+
+    @field_validator("prompt", "completion")
+    @classmethod
+    def _fields(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+    def columns(self) -> list[str]:
+        return template_fields(self.prompt) + template_fields(self.completion)
+
+
+class ChatFormat(StrictModel):
+    type: Literal["chat"] = "chat"
+    field: str = Field("messages", description="Column of OpenAI-style messages `[{role, content}]`.")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template, instead of the tokenizer's (needed when it has none)."
+    )
+
+    def columns(self) -> list[str]:
+        return [self.field]
+
+
+class ClassificationFormat(StrictModel):
+    """Text in, one label out (`task: classification`): see docs/classification.md."""
+
+    type: Literal["classification"] = "classification"
+    text: str = Field("text", description="The text to classify: a column name, or a `{column}` template.")
+    label: str = Field("label", description="The column holding each row's label.")
+    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=1000,
+        description="The label names, in the order of the head's outputs; integer labels in the data index this "
+        "list. Default: the distinct labels of the training data, sorted.",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must be a column name or a `{column}` template")
+        template_fields(value)
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("labels must be distinct")
+        return value
+
+    def text_template(self) -> str:
+        """`text` as a template: a bare column name `review` is `{review}`."""
+        return self.text if template_fields(self.text) else "{" + self.text + "}"
+
+    def columns(self) -> list[str]:
+        return [*template_fields(self.text_template()), self.label]
+
+
+Format = Annotated[
+    TextFormat | TemplateFormat | PromptCompletionFormat | ChatFormat | ClassificationFormat,
+    Field(discriminator="type"),
+]
