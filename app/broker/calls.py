@@ -25,6 +25,24 @@ CALL_TTL_S = 3600
 POLL_EVERY_S = 0.1
 
 
+class WorkerFailed(DomainError):
+    """The worker ran the call and it failed (bad gateway: the fault is behind the API)."""
+
+    status_code = 502
+
+
+class WorkerUnreachable(DomainError):
+    """The task queue would not take the call; nothing was run."""
+
+    status_code = 503
+
+
+class WorkerTimeout(DomainError):
+    """No worker answered in time."""
+
+    status_code = 504
+
+
 class WorkerUnavailable(Exception):
     """The broker would not take the task."""
 
@@ -47,10 +65,6 @@ def send(task: str, *args: Any, expires_s: float | None = None) -> None:
         raise WorkerUnavailable(str(exc)) from exc
 
 
-class QueueUnreachable(DomainError):
-    status_code = 503
-
-
 def send_recorded(session: Session, task: str, row: Any, what: str) -> None:
     """Send the task for a committed request row (an export, an evaluation); when the broker is down, record the
     row as failed and answer 503 saying to try the `what` again."""
@@ -59,7 +73,7 @@ def send_recorded(session: Session, task: str, row: Any, what: str) -> None:
     except WorkerUnavailable:
         row.status, row.error_message, row.finished_at = "failed", "the task queue was unreachable", utcnow()
         session.commit()
-        raise QueueUnreachable(f"the task queue is unreachable; try the {what} again shortly") from None
+        raise WorkerUnreachable(f"the task queue is unreachable; try the {what} again shortly") from None
 
 
 def start(task: str, job_id: str, payload: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from app.checks.data import (
     Problem,
     TokenLengths,
     ValidationReport,
+    missing_columns,
     percentile,
     total_steps,
 )
@@ -90,15 +91,8 @@ def labelled_rows(
 
 def _rows(spec: JobSpec, source: DataSource, labels: list[str], report: ValidationReport) -> list[tuple[int, Labelled]]:
     fmt = spec.format
-    missing = [c for c in fmt.columns() if c not in source.columns]
-    if missing:
-        report.problems.append(
-            Problem(
-                field="format",
-                message=f"column(s) {', '.join(map(repr, missing))} not in {source.field} {source.label} "
-                f"(its columns: {', '.join(source.columns)})",
-            )
-        )
+    if (problem := missing_columns(fmt.columns(), source)) is not None:
+        report.problems.append(problem)
         return []
     numbered, errors = [], []
     for number, row in enumerate(source.rows or [], start=1):

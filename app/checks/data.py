@@ -112,16 +112,21 @@ def total_steps(spec: JobSpec, train_rows: int) -> int:
     return math.ceil(t.epochs * per_epoch)
 
 
+def missing_columns(columns: list[str], source: DataSource) -> Problem | None:
+    """The problem of a format naming columns the data does not have, or None."""
+    missing = [c for c in columns if c not in source.columns]
+    if not missing:
+        return None
+    return Problem(
+        field="format",
+        message=f"column(s) {', '.join(map(repr, missing))} not in {source.field} {source.label} "
+        f"(its columns: {', '.join(source.columns)})",
+    )
+
+
 def _examples(spec: JobSpec, source: DataSource, report: ValidationReport) -> list[tuple[int, dict]]:
-    missing = [c for c in spec.format.columns() if c not in source.columns]
-    if missing:
-        report.problems.append(
-            Problem(
-                field="format",
-                message=f"column(s) {', '.join(map(repr, missing))} not in {source.field} {source.label} "
-                f"(its columns: {', '.join(source.columns)})",
-            )
-        )
+    if (problem := missing_columns(spec.format.columns(), source)) is not None:
+        report.problems.append(problem)
         return []
     examples, errors = [], []
     for number, row in enumerate(source.rows or [], start=1):

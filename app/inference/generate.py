@@ -15,7 +15,7 @@ from app.broker import calls as worker_calls
 from app.broker.tasks import GENERATE_TASK
 from app.core.config import settings
 from app.core.db import SessionDep
-from app.core.errors import Conflict, DomainError, Invalid, NotFound
+from app.core.errors import Conflict, Invalid, NotFound
 from app.jobs import service as jobs_service
 from app.models import Job
 from app.spec.formats import StrictModel
@@ -24,14 +24,6 @@ from app.tenants.auth import CallerDep
 router = APIRouter(prefix="/jobs", tags=["generate"])
 SYNC_MAX_PROMPTS = 8  # more prompts than this always run asynchronously
 PromptText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
-
-
-class WorkerFailed(DomainError):
-    status_code = 502
-
-
-class WorkerUnreachable(DomainError):
-    status_code = 503
 
 
 class GenerateRequest(StrictModel):
@@ -85,7 +77,7 @@ def _raise_failure(state: dict[str, Any]) -> None:
     message = error.get("message", "generation failed on the worker")
     if error.get("type") in ("invalid_request", "invalid_spec", "dataset_error"):
         raise Invalid(f"prompts: {message}")
-    raise WorkerFailed(message)
+    raise worker_calls.WorkerFailed(message)
 
 
 @router.post(
@@ -108,7 +100,7 @@ def generate(
     try:
         call_id = worker_calls.start(GENERATE_TASK, job.id, body.model_dump(mode="json"))
     except worker_calls.WorkerUnavailable:
-        raise WorkerUnreachable("the task queue is unreachable; try again shortly") from None
+        raise worker_calls.WorkerUnreachable("the task queue is unreachable; try again shortly") from None
     state = worker_calls.read(call_id) or {}
     if wait and len(body.prompts) <= SYNC_MAX_PROMPTS:
         state = worker_calls.wait(call_id, settings.inference_timeout_s) or state

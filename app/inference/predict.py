@@ -10,7 +10,7 @@ from app.broker import calls as worker_calls
 from app.broker.tasks import PREDICT_TASK
 from app.core.config import settings
 from app.core.db import SessionDep
-from app.core.errors import Conflict, DomainError, Invalid
+from app.core.errors import Conflict, Invalid
 from app.jobs import service as jobs_service
 from app.spec.formats import StrictModel
 from app.tenants.auth import Caller, CallerDep
@@ -18,18 +18,6 @@ from app.tenants.auth import Caller, CallerDep
 router = APIRouter(prefix="/jobs", tags=["inference"])
 MAX_TEXTS = 256
 Text = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
-
-
-class WorkerFailed(DomainError):
-    status_code = 502
-
-
-class WorkerUnreachable(DomainError):
-    status_code = 503
-
-
-class WorkerTimeout(DomainError):
-    status_code = 504
 
 
 class PredictRequest(StrictModel):
@@ -66,9 +54,11 @@ def _answer(state: dict[str, Any] | None) -> list[dict[str, Any]]:
     if status == "failed":
         error = state.get("error") or {}
         message = error.get("message", "prediction failed on the worker")
-        raise {"conflict": Conflict, "invalid_request": Invalid}.get(error.get("type"), WorkerFailed)(message)
+        raise {"conflict": Conflict, "invalid_request": Invalid}.get(error.get("type"), worker_calls.WorkerFailed)(
+            message
+        )
     where = settings.inference_queue or settings.training_queue
-    raise WorkerTimeout(
+    raise worker_calls.WorkerTimeout(
         f"no worker answered within {settings.inference_timeout_s:.0f}s (the request is {status or 'lost'}). "
         f"Is a worker serving queue {where!r}? With FT_INFERENCE_QUEUE unset, predictions wait behind running "
         "training jobs; a job's first prediction also loads its model. Retry, or see docs/operations.md."
@@ -90,6 +80,6 @@ def predict(job_id: str, body: PredictRequest, caller: CallerDep, session: Sessi
     try:
         call_id = worker_calls.start(PREDICT_TASK, job_id, payload)
     except worker_calls.WorkerUnavailable:
-        raise WorkerUnreachable("the task queue is unreachable; try again shortly") from None
+        raise worker_calls.WorkerUnreachable("the task queue is unreachable; try again shortly") from None
     predictions = _answer(worker_calls.wait(call_id, settings.inference_timeout_s))
     return PredictResponse(predictions=[Prediction(**p) for p in predictions])

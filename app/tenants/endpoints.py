@@ -4,8 +4,9 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from app.core.config import TENANT_LIMIT_NAMES, Settings
 from app.core.db import SessionDep
 from app.core.errors import Forbidden
 from app.core.schemas import UtcDatetime
@@ -66,17 +67,10 @@ class KeyCreate(BaseModel):
     is_admin: bool = Field(False, description="May see every tenant's things and manage keys.")
 
 
-class LimitsPublic(BaseModel):
-    max_upload_bytes: int
-    max_running_jobs: int
-    max_queued_jobs: int
-    max_dataset_storage_bytes: int
-    max_training_steps: int
-    max_epochs: float
-    max_seq_length: int
-    max_lora_rank: int
-    submit_rate_per_minute: int
-    upload_rate_per_minute: int
+# The tenant's limits, one field per FT_TENANT_LIMITS name, typed as the FT_* setting it overrides.
+LimitsPublic = create_model(
+    "LimitsPublic", **{name: (Settings.model_fields[name].annotation, ...) for name in TENANT_LIMIT_NAMES}
+)
 
 
 class UsagePublic(BaseModel):

@@ -7,7 +7,8 @@ import tarfile
 
 import pytest
 
-from app.inference.predict import WorkerTimeout, _answer
+from app.broker.calls import WorkerTimeout
+from app.inference.predict import _answer
 from ftctl.sentiment_samples import held_out_rows, install_minilm, training_rows
 from tests.conftest import MODELS_DIR
 from tests.integration.conftest import Stack
