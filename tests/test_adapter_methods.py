@@ -100,7 +100,7 @@ def test_method_trains_saves_and_reloads(
         built["before"] = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
         return peft_model
 
-    monkeypatch.setattr(recipe.adapters, "add_adapter", spy)
+    monkeypatch.setattr(adapters, "add_adapter", spy)
     report = Recorder()
     result = recipe.run(spec, rows, tmp_path / "out", report)
 

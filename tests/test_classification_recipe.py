@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from app.checks import classification as rows_of
+from app.spec import labels as rows_of
 from app.spec.examples import RowError
 from app.spec.job import JobSpec
 from ftctl.sentiment_samples import held_out_rows, install_minilm, training_rows

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.spec.job import JobSpec
 from app.spec.lineage import clone_spec, deep_merge, format_hash, library_versions
-from worker.export import merge_adapter
 from worker.model_card import loss_curve_png, write_model_card
 from worker.training.generation import format_prompt, prompt_and_target, template_prompt_part
+from worker.training.merge import merge_adapter
 
 
 def _spec(**overrides: object) -> JobSpec:

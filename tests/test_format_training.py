@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from app.datasets.files import parse_dataset
 from app.spec.job import JobSpec
 from tests.conftest import TINY_MODEL
-from tests.unit.test_hub_datasets import mirror_hub_dataset
+from tests.datasets.test_hub_datasets import mirror_hub_dataset
 from worker.training import recipe
 from worker.training.errors import TrainingError
 from worker.training.progress import LogReport

@@ -13,7 +13,7 @@ from app.checks.tokenization import read_model_tokenizer, tokenize_example
 from app.spec.examples import to_example
 from app.spec.job import JobSpec
 from tests.conftest import TINY_MODEL
-from worker.training import data, recipe
+from worker.training import causal_lm, data
 from worker.training import model as modelling
 
 CHAT = [
@@ -43,7 +43,7 @@ def trainer_batch(spec: JobSpec, row: dict, tmp_path: Path) -> tuple[list[int], 
     data.use_chat_template(spec, tokenizer)
     trainer = SFTTrainer(
         model=modelling.add_lora(modelling.load_model(spec), spec),
-        args=recipe._training_args(spec, tmp_path, has_eval=False),
+        args=causal_lm._training_args(spec, tmp_path, has_eval=False),
         train_dataset=Dataset.from_list(data.build_examples(spec, [row])),
         processing_class=tokenizer,
     )

@@ -50,7 +50,7 @@ def _status() -> dict[str, int]:
 
 def _child(specs: list[dict[str, Any]], out: Path) -> None:
     """Train each spec in turn; print the growth each one's training added to the process's resident memory."""
-    from worker.training import recipe
+    from worker.training import causal_lm, recipe
     from worker.training.progress import LogReport, ProgressCallback
 
     marks: dict[str, int] = {}
@@ -61,7 +61,7 @@ def _child(specs: list[dict[str, Any]], out: Path) -> None:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             marks["base"] = _status()["VmRSS"]
 
-    recipe.ProgressCallback = Measured  # only adds the measurement; the recipe runs as the worker runs it
+    causal_lm.ProgressCallback = Measured  # only adds the measurement; the recipe runs as the worker runs it
     results = []
     for i, data in enumerate(specs):
         spec = JobSpec.model_validate(data)

@@ -24,6 +24,7 @@ from typing import Any
 from app.spec.job import JobSpec
 from worker.training.errors import Cancelled, Drained, TrainingError
 from worker.training.progress import Report
+from worker.training.result import TrainingResult
 
 log = logging.getLogger(__name__)
 OUTCOME_FILE = "ddp-outcome.json"
@@ -62,10 +63,8 @@ def run(
     worker: str,
     validation_path: Path | None = None,
     resume_from: Path | None = None,
-) -> Any:
+) -> TrainingResult:
     """Train across `spec.resources.gpus` processes; returns rank 0's TrainingResult or raises its outcome."""
-    from worker.training.recipe import TrainingResult
-
     nproc = world_size(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome_path = out_dir / OUTCOME_FILE

@@ -1,10 +1,11 @@
-"""Requests answered on a worker: POST /jobs/{id}/predict (a classifier labels texts) and /evaluations.
+"""Requests answered on a worker: POST /jobs/{id}/predict, /generate and /evaluations (tasks in worker/tasks.py).
 
-Predict: a classification job's adapter labels texts; the answer goes to the call.
+Predict: a classification job's adapter labels texts. Generate: base and adapter outputs side by side
+(worker/training/generation.py). Both answers go to the call: the API records the call and waits on it
+(app/broker/calls.py, shared with exports). An evaluation is a record of its own (worker/training/evaluation.py).
 
-The API records the call and waits on it (app/broker/calls.py, shared with generate and exports). Loaded models
-stay in a small LRU cache keyed by job and adapter checksum, so only a job's first request pays for loading. That
-needs the tasks to run in the worker process itself: start the inference worker with `--pool solo`
+Loaded classifiers stay in a small LRU cache keyed by job and adapter checksum, so only a job's first request pays
+for loading. That needs the tasks to run in the worker process itself: start the inference worker with `--pool solo`
 (docs/operations.md); under the training worker's prefork pool each request loads the model again.
 """
 
@@ -21,16 +22,16 @@ from sqlalchemy import update
 
 from app import storage
 from app.broker import calls as worker_calls
-from app.broker.tasks import EVALUATE_TASK
 from app.core.db import SessionLocal, session_scope
 from app.inference.reaper import heartbeat
-from app.models import Evaluation, utcnow
+from app.models import Evaluation, Job, utcnow
+from app.spec import examples as shared
 from app.spec.job import JobSpec
 from worker import record
-from worker.celery_app import app
 from worker.training import data, evaluation
 from worker.training.classifier import LABELS_FILE, TrainedClassifier
 from worker.training.errors import TrainingError
+from worker.training.generation import Sampling, load_for_inference, side_by_side
 
 MAX_LOADED_MODELS = 2  # base + adapter each; more would hold more GPU memory than one worker should
 log = logging.getLogger(__name__)
@@ -104,6 +105,28 @@ def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
     return "succeeded"
 
 
+def run_generation(call_id: str, job_id: str, request: dict[str, Any]) -> str:
+    """The worker side of POST /jobs/{id}/generate: load the job's model, generate, record the answer."""
+    worker_calls.finish(call_id, "running")
+    try:
+        with session_scope() as session:
+            spec = JobSpec.model_validate(session.get(Job, job_id).spec)
+        model, tokenizer = load_for_inference(spec, storage.local_adapter_dir(job_id))
+        sampling = Sampling(**{k: request[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
+        results = side_by_side(spec, model, tokenizer, request["prompts"], sampling)
+    except (TrainingError, shared.RowError) as exc:
+        kind = exc.type if isinstance(exc, TrainingError) else "invalid_request"
+        worker_calls.finish(call_id, "failed", error={"type": kind, "message": exc.message})
+        return "failed"
+    except Exception as exc:
+        log.exception("generation %s for job %s failed", call_id, job_id)
+        message = f"generation failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
+        worker_calls.finish(call_id, "failed", error={"type": "internal_error", "message": message})
+        return "failed"
+    worker_calls.finish(call_id, "succeeded", results=results)
+    return "succeeded"
+
+
 # --- POST /jobs/{id}/evaluations: base vs adapter, on demand ---
 
 
@@ -166,9 +189,3 @@ def run_evaluation(evaluation_id: str) -> str:
     log.info("evaluation %s of job %s: %s", evaluation_id, job_id, result)
     _finish_evaluation(evaluation_id, "succeeded", result=result)
     return "succeeded"
-
-
-@app.task(name=EVALUATE_TASK)  # registered here, beside its logic; worker/tasks.py imports this module
-def evaluate(evaluation_id: str) -> str:
-    """An on-demand evaluation (POST /jobs/{id}/evaluations); safe to run twice (only one claim wins)."""
-    return run_evaluation(evaluation_id)

@@ -22,6 +22,7 @@ from worker.resume import discard_resumable, latest_resumable
 from worker.training import model as modelling
 from worker.training import recipe
 from worker.training.errors import Cancelled, Drained, TrainingError
+from worker.training.result import TrainingResult
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +91,14 @@ def _attempt(job_id: str, worker: str) -> str:
         f", resuming from step {resume[0]}" if resume else "",
     )
     try:
+        # _train closes the reporter however it ends: every point is in SQL before anything below reads them
         result = _train(job_id, worker, spec, out_dir, reporter, resume[1] if resume else None)
-        reporter.close()  # every point is in SQL before the model card plots them
         model_card.document_adapter(job_id, spec, result)
         size, sha = pack_directory(out_dir / "adapter", out_dir / "adapter.tar.gz")
         storage.publish(out_dir / "adapter.tar.gz")
     except Drained as stop:
-        reporter.close()
         return _requeue(job_id, reporter, f"worker shutting down; checkpoint saved at step {stop.step}")
     except Exception as exc:
-        reporter.close()
         if is_out_of_memory(exc):
             return _handle_out_of_memory(job_id, spec, reporter)
         if isinstance(exc, Cancelled):
@@ -108,7 +107,6 @@ def _attempt(job_id: str, worker: str) -> str:
             return _finish(job_id, reporter, "cancelled")
         log.exception("job %s failed", job_id)
         return _finish(job_id, reporter, "failed", _describe_failure(exc))
-    reporter.close()
     with session_scope() as session:
         record.add_artifact(
             session,
@@ -125,26 +123,33 @@ def _attempt(job_id: str, worker: str) -> str:
 
 def _train(
     job_id: str, worker: str, spec: JobSpec, out_dir: Path, reporter: JobReporter, resume_from: Path | None
-) -> recipe.TrainingResult:
-    """In this process, or across `resources.gpus` processes with torchrun (worker/distributed.py)."""
-    if distributed.world_size(spec) > 1:
-        return distributed.run(
+) -> TrainingResult:
+    """In this process, or across `resources.gpus` processes with torchrun (worker/distributed.py).
+
+    However training ends, the reporter is closed on the way out: every point is in SQL before the model card
+    plots them, and before the attempt's outcome is recorded (which reads `reporter.lease_lost`).
+    """
+    try:
+        if distributed.world_size(spec) > 1:
+            return distributed.run(
+                spec,
+                _dataset_path(spec.dataset),
+                out_dir,
+                job_id,
+                worker,
+                validation_path=_dataset_path(spec.validation_dataset),
+                resume_from=resume_from,
+            )
+        return recipe.run(
             spec,
             _dataset_path(spec.dataset),
             out_dir,
-            job_id,
-            worker,
+            reporter,
             validation_path=_dataset_path(spec.validation_dataset),
             resume_from=resume_from,
         )
-    return recipe.run(
-        spec,
-        _dataset_path(spec.dataset),
-        out_dir,
-        reporter,
-        validation_path=_dataset_path(spec.validation_dataset),
-        resume_from=resume_from,
-    )
+    finally:
+        reporter.close()
 
 
 def _handle_out_of_memory(job_id: str, spec: JobSpec, reporter: JobReporter) -> str:

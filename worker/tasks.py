@@ -1,14 +1,16 @@
-"""Celery tasks, kept thin: the task names the job; worker/job_runner.py claims, runs and records it."""
+"""Every Celery task the worker registers, kept thin: the task names its record; the bodies claim, run and record.
 
-from app.broker.tasks import EXPORT_TASK, GENERATE_TASK, PREDICT_TASK, TRAIN_TASK
+Training: worker/job_runner.py; predict, generate and evaluations: worker/inference.py; exports: worker/export.py.
+"""
+
+from app.broker.tasks import EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK, PREDICT_TASK, TRAIN_TASK
 from app.jobs.webhooks import notify_job_finished
 from worker.celery_app import app
 from worker.export import run_export
-from worker.inference import run_prediction
+from worker.inference import run_evaluation, run_generation, run_prediction
 
 # Imported here, in the worker's parent process, so each forked child starts a job without re-importing torch.
 from worker.job_runner import run_job, worker_name
-from worker.training.generation import run_generation
 
 
 @app.task(name=TRAIN_TASK)
@@ -35,3 +37,9 @@ def predict(call_id: str, job_id: str, payload: dict) -> str:
 def export(export_id: str) -> str:
     """A merged export (POST /jobs/{id}/exports); safe to run twice (only one claim wins)."""
     return run_export(export_id)
+
+
+@app.task(name=EVALUATE_TASK)
+def evaluate(evaluation_id: str) -> str:
+    """An on-demand evaluation (POST /jobs/{id}/evaluations); safe to run twice (only one claim wins)."""
+    return run_evaluation(evaluation_id)

@@ -1,8 +1,9 @@
 """The classification recipe, top to bottom: labelled rows, a base with a head and an adapter, train, save.
 
 `recipe.run` hands `task: classification` jobs here. Same Report, progress, cancellation, checkpoints and resume
-as the causal recipe; the loss is cross-entropy over the labels, and every evaluation (including one of the
-untrained head before step 1) reports accuracy, macro F1, per-class precision/recall and the confusion matrix.
+as the causal-LM recipe (causal_lm.py); the loss is cross-entropy over the labels, and every evaluation (including
+one of the untrained head before step 1) reports accuracy, macro F1, per-class precision/recall and the confusion
+matrix.
 """
 
 import json
@@ -16,18 +17,19 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-from app.checks import classification as rows_of
 from app.core.config import settings
+from app.spec import labels as rows_of
 from app.spec.examples import eval_split_indices
-from app.spec.job import HubDataset, JobSpec
+from app.spec.job import JobSpec
 from worker.training import adapters, classifier, data, speed
 from worker.training import model as modelling
+from worker.training.best import BestAdapter
 from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
-from worker.training.classification_metrics import BestByMetric, ClassificationReport, EvalMetrics
+from worker.training.classification_metrics import ClassificationReport, EvalMetrics
 from worker.training.errors import Cancelled, Drained, TrainingError
 from worker.training.loop import loop_arguments
 from worker.training.progress import LogReport, ProgressCallback, Report
-from worker.training.recipe import TrainingResult
+from worker.training.result import TrainingResult
 
 Labelled = list[tuple[str, int]]
 
@@ -38,14 +40,6 @@ class ClassificationResult(TrainingResult):
     accuracy: float | None = None  # of the saved adapter, on the eval split or validation dataset
     f1: float | None = None  # macro F1, same data
     baseline_accuracy: float | None = None  # the untrained head, before step 1
-
-
-def _load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:
-    if isinstance(ref, HubDataset):
-        return data.load_hub_rows(ref)
-    if path is None:
-        raise TrainingError("dataset_error", f"dataset {ref} has no file")
-    return data.read_rows(path)
 
 
 def _labelled(spec: JobSpec, rows: list[dict[str, Any]], labels: list[str], which: str) -> Labelled:
@@ -60,7 +54,7 @@ def _setup_data(
     spec: JobSpec, dataset_path: Path | None, validation_path: Path | None
 ) -> tuple[list[str], Labelled, Labelled]:
     """The label names and the (text, label id) rows to train and evaluate on."""
-    rows = _load_rows(spec.dataset, dataset_path)
+    rows = data.load_rows(spec.dataset, dataset_path)
     if not rows:
         raise TrainingError("dataset_error", "the dataset has no rows")
     labels = rows_of.label_names(spec.format, rows)
@@ -68,7 +62,7 @@ def _setup_data(
         raise TrainingError("dataset_error", f"a classifier needs at least 2 different labels; found {labels}")
     examples = _labelled(spec, rows, labels, "dataset")
     if spec.validation_dataset is not None:
-        val_rows = _load_rows(spec.validation_dataset, validation_path)
+        val_rows = data.load_rows(spec.validation_dataset, validation_path)
         return labels, examples, _labelled(spec, val_rows, labels, "validation_dataset")
     held_out = eval_split_indices(len(examples), spec.training.eval_fraction, spec.training.seed)
     train = [e for i, e in enumerate(examples) if i not in held_out]
@@ -102,7 +96,7 @@ def _before_and_after(
 
 
 def _final_eval(
-    trainer: Trainer, progress: ProgressCallback, metrics: EvalMetrics, best: BestByMetric | None
+    trainer: Trainer, progress: ProgressCallback, metrics: EvalMetrics, best: BestAdapter | None
 ) -> dict[str, Any] | None:
     """The saved adapter's metrics: the last step's (evaluated now unless training just ended with an evaluation),
     or with load_best the best evaluation's, whose weights are put back."""
@@ -167,7 +161,7 @@ def run(
         baseline = {**(metrics.last or {}), "eval_loss": loss}
     best = None
     if spec.training.load_best:
-        best = BestByMetric(peft_model, spec.training.metric_for_best, lambda: metrics.last)
+        best = BestAdapter(peft_model, spec.training.metric_for_best, lambda: metrics.last)
         trainer.add_callback(best)
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if progress.stopped:

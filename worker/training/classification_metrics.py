@@ -4,13 +4,10 @@ The Trainer logs the scalars (`accuracy`, `f1`) next to `eval_loss`; the breakdo
 to the eval point the job reports (stored in the metric point's `extra`, served by GET /jobs/{id}/metrics).
 """
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import EvalPrediction, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import EvalPrediction
 
 from worker.training.progress import Report
 
@@ -76,45 +73,3 @@ class ClassificationReport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)  # everything else is the job's own Report
-
-
-class BestByMetric(TrainerCallback):
-    """`training.load_best` by `training.metric_for_best`: the adapter (head included) of the best evaluation.
-
-    Lowest eval_loss, or highest accuracy or f1. The weights are small, so they are kept in memory at each
-    improvement; `restore()` puts them back. After a resume only evaluations since the resume are compared.
-    """
-
-    def __init__(self, model: PeftModel, metric: str, details: Callable[[], dict[str, Any] | None]):
-        self.model = model
-        self.metric = metric
-        self.details = details
-        self.score = -math.inf
-        self.step: int | None = None
-        self.metrics: dict[str, Any] | None = None
-        self._weights: dict[str, Any] | None = None
-
-    def on_evaluate(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        metrics: dict[str, float] | None = None,
-        **_: Any,
-    ) -> None:
-        value = (metrics or {}).get(f"eval_{self.metric.removeprefix('eval_')}")
-        if value is None or not math.isfinite(value):
-            return
-        score = -value if self.metric == "eval_loss" else value
-        if score <= self.score:
-            return
-        self.score, self.step = score, state.global_step
-        self.metrics = {**(self.details() or {}), "eval_loss": (metrics or {}).get("eval_loss")}
-        self._weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model).items()}
-
-    def restore(self) -> dict[str, Any] | None:
-        """Load the best weights back (no-op before any evaluation); returns that evaluation's metrics."""
-        if self._weights is None:
-            return None
-        set_peft_model_state_dict(self.model, self._weights)
-        return self.metrics

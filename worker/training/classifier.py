@@ -14,7 +14,8 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from app.spec.examples import render_template
-from app.spec.job import JobSpec, template_fields
+from app.spec.formats import template_fields
+from app.spec.job import JobSpec
 from worker.training import adapters
 from worker.training import model as modelling
 from worker.training.errors import TrainingError

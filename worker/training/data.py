@@ -12,7 +12,8 @@ from app.core.errors import DomainError
 from app.datasets.hub import HubUnavailable, load_hub_dataset
 from app.spec import examples as shared
 from app.spec.examples import Example
-from app.spec.job import ChatFormat, HubDataset, JobSpec
+from app.spec.formats import ChatFormat, HubDataset
+from app.spec.job import JobSpec
 from worker.training.errors import TrainingError
 
 
@@ -30,6 +31,15 @@ def load_hub_rows(ref: HubDataset) -> list[dict[str, Any]]:
         raise TrainingError("dataset_not_found", f"could not load hub dataset {ref.hub!r}: {exc}") from exc
     except DomainError as exc:
         raise TrainingError("dataset_error", exc.detail) from exc
+
+
+def load_rows(ref: str | HubDataset, path: Path | None) -> list[dict[str, Any]]:
+    """A job's dataset rows: a Hub dataset's split, else the uploaded dataset's file at `path`."""
+    if isinstance(ref, HubDataset):
+        return load_hub_rows(ref)
+    if path is None:
+        raise TrainingError("dataset_error", f"dataset {ref} has no file")
+    return read_rows(path)
 
 
 def to_example(fmt: Any, row: dict[str, Any], row_number: int) -> Example:

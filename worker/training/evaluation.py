@@ -28,7 +28,7 @@ MAX_ACCURACY_EXAMPLES = 200  # generation is the slow part; 200 examples give ac
 def eval_rows(spec: JobSpec, dataset_path: Path | None, validation_path: Path | None) -> list[dict[str, Any]]:
     """The raw rows behind the eval set the recipe built (validation dataset, else the seeded held-out split)."""
     ref, path = (spec.validation_dataset, validation_path) if spec.validation_dataset else (spec.dataset, dataset_path)
-    rows = data.read_rows(path) if isinstance(ref, str) and path else data.load_hub_rows(ref)  # type: ignore[arg-type]
+    rows = data.load_rows(ref, path)
     if spec.validation_dataset:
         return rows
     held_out = shared.eval_split_indices(len(rows), spec.training.eval_fraction, spec.training.seed)

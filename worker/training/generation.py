@@ -1,10 +1,10 @@
 """Generation with a job's adapter: its prompt format applied to raw inputs, base and adapter side by side.
 
 One model is loaded (the base as the job trained it, quantized or not) with the adapter on top; the base's
-outputs come from the same model with the adapter disabled. Runs on a worker, never in the API process.
+outputs come from the same model with the adapter disabled. Runs on a worker, never in the API process; the
+worker side of POST /jobs/{id}/generate (the call's record) is worker/inference.py.
 """
 
-import logging
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +14,12 @@ import torch
 from peft import PeftModel
 
 from app.spec import examples as shared
-from app.spec.job import ChatFormat, JobSpec, PromptCompletionFormat, TemplateFormat
+from app.spec.formats import ChatFormat, PromptCompletionFormat, TemplateFormat
+from app.spec.job import JobSpec
 from worker.training import data
 from worker.training import model as modelling
 from worker.training.errors import TrainingError
 
-log = logging.getLogger(__name__)
 BATCH = 16  # prompts per generate() call: enough to use the CPU's cores, small enough for a 7B on one GPU
 Prompt = str | dict[str, Any]
 
@@ -158,30 +158,3 @@ def side_by_side(
         {"prompt": p, "formatted_prompt": t, "base": b, "adapter": a}
         for p, t, b, a in zip(prompts, texts, base, adapter, strict=True)
     ]
-
-
-def run_generation(call_id: str, job_id: str, request: dict[str, Any]) -> str:
-    """The worker side of POST /jobs/{id}/generate: load the job's model, generate, record the answer."""
-    from app import storage
-    from app.broker import calls as worker_calls
-    from app.core.db import session_scope
-    from app.models import Job
-
-    worker_calls.finish(call_id, "running")
-    try:
-        with session_scope() as session:
-            spec = JobSpec.model_validate(session.get(Job, job_id).spec)
-        model, tokenizer = load_for_inference(spec, storage.local_adapter_dir(job_id))
-        sampling = Sampling(**{k: request[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
-        results = side_by_side(spec, model, tokenizer, request["prompts"], sampling)
-    except (TrainingError, shared.RowError) as exc:
-        kind = exc.type if isinstance(exc, TrainingError) else "invalid_request"
-        worker_calls.finish(call_id, "failed", error={"type": kind, "message": exc.message})
-        return "failed"
-    except Exception as exc:
-        log.exception("generation %s for job %s failed", call_id, job_id)
-        message = f"generation failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
-        worker_calls.finish(call_id, "failed", error={"type": "internal_error", "message": message})
-        return "failed"
-    worker_calls.finish(call_id, "succeeded", results=results)
-    return "succeeded"
