@@ -4,7 +4,8 @@ The base model's `tokenizer.json` runs through the `tokenizers` library and chat
 jinja2 with the `{% generation %}` tag, the way transformers' `apply_chat_template` renders them. The steps follow
 `SFTTrainer._prepare_dataset` (TRL 1.16): EOS appended to text and completions, the prompt's tokens masked up
 to where prompt and prompt+completion diverge, assistant spans from the template, then truncation to
-`max_length`; examples left with no trained token are dropped. tests/test_label_masks.py holds the two together.
+`max_length`; examples left with no trained token are dropped. tests/training/test_label_masks.py holds the two
+together.
 """
 
 import json

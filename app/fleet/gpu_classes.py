@@ -140,7 +140,7 @@ REFERENCE_FLOPS = 156e12
 MICRO_BATCH_SECONDS_PER_BILLION = {None: 0.012, 8: 0.05, 4: 0.035}
 MICRO_BATCH_FLOOR_SECONDS = 0.02  # Python, hooks and kernel launches: what even a tiny model's step costs
 INT8_SLOWDOWN = 0.5  # LLM.int8 matmuls: no measured figure here; about half the 16-bit speed is commonly seen
-# This machine's CPU (2 cores), measured with tests/test_memory_estimate.py: FLOP/s and seconds per micro-batch.
+# This CPU (2 cores), measured with tests/training/test_memory_estimate.py: FLOP/s and seconds per micro-batch.
 CPU_FLOPS = 7e9  # tiny-llama, padded 8 x 512 tokens: ~3,100 tokens/s at 2.4 MFLOP per token
 CPU_MICRO_BATCH_SECONDS = 0.05
 

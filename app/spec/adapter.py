@@ -146,7 +146,7 @@ def adapter_problems(adapter: AdapterSettings, bits: int | None, packing: bool) 
     """Combinations of method, quantization and packing that PEFT or bitsandbytes cannot train, with the reason.
 
     Each was seen failing (or silently training the wrong thing) on the CPU with the pinned versions; the rest of
-    the method x base grid (none, 4-bit, 8-bit) trains, saves and reloads: tests/test_adapter_methods.py.
+    the method x base grid (none, 4-bit, 8-bit) trains, saves and reloads: tests/training/test_adapter_methods.py.
     """
     method = adapter.method
     problems = []

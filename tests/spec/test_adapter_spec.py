@@ -89,7 +89,7 @@ def test_combinations_that_cannot_train_are_refused_with_the_reason() -> None:
     for method, extra in (("prefix_tuning", {}), ("prompt_tuning", {"init_text": "x"}), ("p_tuning", {})):
         [packed] = refusal(adapter={"method": method, **extra}, training={"packing": True})
         assert f"`{method}` cannot train with training.packing" in packed["message"]
-    # what does train, seen on the CPU in tests/test_adapter_methods.py and by hand
+    # what does train, seen on the CPU in tests/training/test_adapter_methods.py and by hand
     spec(adapter={"method": "dora"}, quantization={"bits": 4})
     spec(adapter={"method": "dora"}, quantization=None)
     spec(adapter={"method": "ia3"}, quantization={"bits": 8})

@@ -4,7 +4,7 @@ A child process trains with the recipe; when training begins its peak-RSS counte
 and the peak a few steps later minus the RSS at that moment is what training added: gradients, optimizer states,
 activations, the loss head and scratch. glibc is told to return every block over 64 KiB to the system at once
 (M_MMAP_THRESHOLD), so the peak follows live tensors, as torch.cuda.max_memory_allocated() does on a GPU.
-`python -m tests.test_memory_estimate [MODEL_DIR...]` prints the comparison table of docs/estimates.md.
+`python -m tests.training.test_memory_estimate [MODEL_DIR...]` prints the comparison table of docs/estimates.md.
 """
 
 import json
@@ -76,10 +76,10 @@ def _child(specs: list[dict[str, Any]], out: Path) -> None:
 
 def measure(specs: list[JobSpec]) -> list[dict[str, Any]]:
     """Train each spec in one fresh process (imports paid once) and return what each added at its peak."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(Path(__file__).parents[2])}
     with tempfile.TemporaryDirectory() as out:
         payload = json.dumps([s.model_dump(mode="json") for s in specs])
-        argv = [sys.executable, "-m", "tests.test_memory_estimate", "--child", payload, out]
+        argv = [sys.executable, "-m", "tests.training.test_memory_estimate", "--child", payload, out]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULTS ")), None)
     assert line is not None, done.stderr[-3000:]
