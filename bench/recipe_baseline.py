@@ -1,6 +1,6 @@
-"""The seed notes' hand-written QLoRA recipe (HF Trainer + PEFT + bitsandbytes), as a user's notebook runs it.
+"""A hand-written notebook QLoRA recipe (HF Trainer + PEFT + bitsandbytes), as a user's notebook runs it.
 
-Faithful to ../shared/seeds: `prepare_model_for_kbit_training` (every non-4-bit layer upcast to fp32),
+Faithful to the common notebook recipe: `prepare_model_for_kbit_training` (every non-4-bit layer upcast to fp32),
 reentrant gradient checkpointing, `DataCollatorForLanguageModeling(mlm=False)` padding each batch with
 pad = EOS, the bitsandbytes default (fp32) compute dtype, fp16 autocast on a GPU, `paged_adamw_8bit`.
 Each `--with-*` flag turns on one of the service's techniques alone, for docs/benchmarks.md.

@@ -50,10 +50,10 @@ def submit_job(
 ) -> JobPublic:
     job, created = jobs_service.create_job(session, caller, spec, idempotency_key)
     session.commit()  # the job is on record before any worker can hear of it
-    if created and enqueue_training(job.id):
-        jobs_service.mark_enqueued(session, job)
-    else:
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
+    elif enqueue_training(job.id):  # else the broker is down: the job stays queued and the reconciler sends it
+        jobs_service.mark_enqueued(session, job)
     return _public(session, job)
 
 
