@@ -97,3 +97,15 @@ def test_dockerfile_stages() -> None:
     assert worker.index("torch==") < worker.index(".[worker]"), "CUDA torch must be installed first"
     assert "torch" not in api and "[worker]" not in api
     assert "HEALTHCHECK" in api and "HEALTHCHECK" not in worker
+
+
+def test_every_installed_package_is_copied_into_each_image() -> None:
+    """`pip install .` in an image installs only what was copied: a package missing there (ftctl, say) is missing
+    from the image, and `docker compose exec api ftctl keys create` fails."""
+    packages = re.findall(r'"(\w+)\*"', re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text())[1])
+    assert set(packages) == {"app", "worker", "ftctl"}
+    for name, text in _stages().items():
+        if "pip install" not in text or "COPY app/" not in text:
+            continue
+        missing = [p for p in packages if f"COPY {p}/ {p}/" not in text]
+        assert not missing, f"stage {name} installs the project without copying {missing}"
