@@ -99,14 +99,68 @@ def test_cancel_a_running_job_stops_within_seconds(chaos: Stack, dataset: dict) 
     chaos.local.stop_process("worker")
 
 
+def _group_stopped(pgid: int) -> bool:
+    """Whether every thread of every process in group `pgid` is stopped, or ended (Linux /proc)."""
+    states = []
+    for task in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+        try:
+            fields = task.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+        if int(fields[2]) == pgid:
+            states.append(fields[0])
+    return bool(states) and all(state in "tTZX" for state in states)  # stopped, or gone
+
+
+def _freeze(stack: Stack, name: str) -> None:
+    """SIGSTOP a process's whole group and wait until it is really stopped: nothing it writes can land after this."""
+    stack.local.kill(name, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while not _group_stopped(stack.local.processes[name].pid):
+        assert time.monotonic() < deadline, f"{name} did not stop"
+        time.sleep(0.005)
+
+
+def _checkpoint_steps(stack: Stack, job_id: str) -> list[int]:
+    return sorted(c["step"] for c in stack.client.get(f"/jobs/{job_id}/checkpoints").json()["data"])
+
+
+def _freeze_with_a_complete_checkpoint(stack: Stack, job_id: str, name: str, total: int) -> tuple[int, dict]:
+    """Freeze worker `name` at a moment the API proves its newest listed checkpoint complete; return that step.
+
+    A checkpoint is listed (recorded) before it is marked complete (worker/training/checkpoints.py), so the newest
+    listed one may be half-done: a kill then resumes from the one before. The Trainer logs step N+1 only once
+    checkpoint N's on_save has returned, marker written, so a recorded step past the newest listed checkpoint proves
+    it complete; and as none is marked before it is listed, it is then the newest complete one. Frozen, the record
+    cannot move between the reads or before the kill. Caught in between, the worker runs on a moment and is frozen
+    again."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _freeze(stack, name)
+        job = stack.client.get(f"/jobs/{job_id}").json()
+        listed = _checkpoint_steps(stack, job_id)
+        seen = {"step": job["progress"]["step"], "checkpoints": listed}
+        assert job["status"] == "running" and job["progress"]["step"] < total, f"the job ran out before a kill: {seen}"
+        if listed and job["progress"]["step"] > listed[-1]:
+            assert listed == list(range(10, listed[-1] + 1, 10)), seen
+            return listed[-1], seen
+        stack.local.kill(name, signal.SIGCONT)
+        time.sleep(random.uniform(0.05, 0.25))
+    raise AssertionError(f"job {job_id}: never caught with its newest listed checkpoint complete")
+
+
 def test_killed_worker_resumes_from_checkpoint(chaos: Stack, dataset: dict) -> None:
-    """The chaos test: SIGKILL the whole worker at a random step of a 4-bit QLoRA job, then restart it."""
+    """The chaos test: SIGKILL the whole worker at a random step of a 4-bit QLoRA job, then restart it.
+
+    It must resume from exactly the newest checkpoint complete at the kill: not from scratch, not from an older one."""
     chaos.local.start_worker()
     job = _submit(chaos, dataset, max_steps=40)
-    kill_at = random.randint(12, 34)
+    kill_at = random.randint(12, 28)  # room left before the last step, for the reporter's lag
     _wait_step(chaos, job["id"], kill_at)
-    chaos.local.kill("worker")  # parent and child: no process left to report anything
+    resumable, seen = _freeze_with_a_complete_checkpoint(chaos, job["id"], "worker", 40)
+    chaos.local.kill("worker")  # parent and child, still frozen: no process left to report anything
     chaos.local.stop_process("worker")
+    assert _checkpoint_steps(chaos, job["id"]) == seen["checkpoints"], "nothing was recorded after the freeze"
     assert chaos.client.get(f"/jobs/{job['id']}").json()["status"] == "running"
     requeued = chaos.wait(job["id"], timeout=30, until={"queued"})  # the lease expires; the reconciler requeues
     assert requeued["attempts"] == 1
@@ -122,7 +176,7 @@ def test_killed_worker_resumes_from_checkpoint(chaos: Stack, dataset: dict) -> N
     listed = chaos.client.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
     assert [c["step"] for c in listed] == checkpoints and chaos.client.get(listed[0]["download_url"]).status_code == 200
     resumed = [e for e in _events(chaos, job["id"]) if e["type"] == "status" and e.get("resumed_from_step")]
-    assert resumed and resumed[0]["resumed_from_step"] == 10 * (kill_at // 10), resumed
+    assert resumed and resumed[0]["resumed_from_step"] == resumable, (kill_at, seen, resumed)
     chaos.local.stop_process("worker")
 
 
