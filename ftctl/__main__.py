@@ -1,0 +1,5 @@
+"""`python -m ftctl`: the same CLI as the `ftctl` command."""
+
+from ftctl.main import main
+
+main()
