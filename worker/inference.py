@@ -87,44 +87,41 @@ def predict(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return _classifiers.get((job_id, sha256), load).predict(list(payload["texts"]))
 
 
-def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
-    """The worker side of POST /jobs/{id}/predict: predict, and record the answer on the call."""
+def _answer(call_id: str, job_id: str, what: str, work: Callable[[], Any]) -> str:
+    """Run one worker call and record its answer: results, the user's error (4xx), or an internal error."""
     worker_calls.finish(call_id, "running")
     try:
-        predictions = predict({**payload, "job_id": job_id})
-    except TrainingError as exc:
-        log.warning("prediction %s for job %s failed: %s", call_id, job_id, exc.message)
-        worker_calls.finish(call_id, "failed", error={"type": exc.type, "message": exc.message})
-        return "failed"
-    except Exception as exc:
-        log.exception("prediction %s for job %s failed", call_id, job_id)
-        message = f"prediction failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
-        worker_calls.finish(call_id, "failed", error={"type": "internal_error", "message": message})
-        return "failed"
-    worker_calls.finish(call_id, "succeeded", results=predictions)
-    return "succeeded"
-
-
-def run_generation(call_id: str, job_id: str, request: dict[str, Any]) -> str:
-    """The worker side of POST /jobs/{id}/generate: load the job's model, generate, record the answer."""
-    worker_calls.finish(call_id, "running")
-    try:
-        with session_scope() as session:
-            spec = JobSpec.model_validate(session.get(Job, job_id).spec)
-        model, tokenizer = load_for_inference(spec, storage.local_adapter_dir(job_id))
-        sampling = Sampling(**{k: request[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
-        results = side_by_side(spec, model, tokenizer, request["prompts"], sampling)
+        results = work()
     except (TrainingError, shared.RowError) as exc:
+        log.warning("%s %s for job %s failed: %s", what, call_id, job_id, exc.message)
         kind = exc.type if isinstance(exc, TrainingError) else "invalid_request"
         worker_calls.finish(call_id, "failed", error={"type": kind, "message": exc.message})
         return "failed"
     except Exception as exc:
-        log.exception("generation %s for job %s failed", call_id, job_id)
-        message = f"generation failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
+        log.exception("%s %s for job %s failed", what, call_id, job_id)
+        message = f"{what} failed ({type(exc).__name__}: {str(exc)[:300]}); see the worker log"
         worker_calls.finish(call_id, "failed", error={"type": "internal_error", "message": message})
         return "failed"
     worker_calls.finish(call_id, "succeeded", results=results)
     return "succeeded"
+
+
+def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
+    """The worker side of POST /jobs/{id}/predict: predict, and record the answer on the call."""
+    return _answer(call_id, job_id, "prediction", lambda: predict({**payload, "job_id": job_id}))
+
+
+def run_generation(call_id: str, job_id: str, request: dict[str, Any]) -> str:
+    """The worker side of POST /jobs/{id}/generate: load the job's model, generate, record the answer."""
+
+    def generate() -> list[dict[str, Any]]:
+        with session_scope() as session:
+            spec = JobSpec.model_validate(session.get(Job, job_id).spec)
+        model, tokenizer = load_for_inference(spec, storage.local_adapter_dir(job_id))
+        sampling = Sampling(**{k: request[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
+        return side_by_side(spec, model, tokenizer, request["prompts"], sampling)
+
+    return _answer(call_id, job_id, "generation", generate)
 
 
 # --- POST /jobs/{id}/evaluations: base vs adapter, on demand ---
