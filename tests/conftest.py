@@ -36,10 +36,20 @@ def session_dir() -> Path:
 SLOW_FOLDERS = {"integration": "integration", "training": "training"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark by folder: tests/integration/ starts real processes, tests/training/ trains real models; the rest is
-    `make test-fast` (no processes, no training)."""
+    `make test-fast` (no processes, no training). Tests marked `one_database` run on the PostgreSQL stack only."""
     for item in items:
         parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
         if parts and parts[0] in SLOW_FOLDERS:
             item.add_marker(SLOW_FOLDERS[parts[0]])
+    other = [item for item in items if item.get_closest_marker("one_database") and _stack_of(item) == "sqlite"]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        skipped = {id(item) for item in other}
+        items[:] = [item for item in items if id(item) not in skipped]
+
+
+def _stack_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("stack") if callspec is not None else None

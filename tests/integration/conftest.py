@@ -20,6 +20,10 @@ from tests.conftest import MODELS_DIR
 POSTGRES_ADMIN_URL = os.environ.get("FT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# The stack runs on both databases for what the database shapes (records, API contract, cleanup, tenancy); tests of
+# behaviour above it (training, streaming, the demos, fuzzing) run once, on PostgreSQL, production's database:
+# `pytestmark = ONE_DATABASE` in a module, or the decorator on a test.
+ONE_DATABASE = pytest.mark.one_database
 
 
 @dataclass

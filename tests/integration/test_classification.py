@@ -11,7 +11,9 @@ from app.broker.calls import WorkerTimeout
 from app.inference.predict import _answer
 from ftctl.sentiment_samples import held_out_rows, install_minilm, training_rows
 from tests.conftest import MODELS_DIR
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
+
+pytestmark = ONE_DATABASE
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from tests.integration.conftest import TERMINAL, Stack
+from tests.integration.conftest import ONE_DATABASE, TERMINAL, Stack
 from tests.integration.test_end_to_end import quotes_jsonl
+
+pytestmark = ONE_DATABASE
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`apt-get install chromium`); Playwright downloads nothing
 CHROMIUM_ARGS = [

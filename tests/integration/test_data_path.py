@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
 
 REVIEWS = [
     ("The food was terrible and the service slow.", "negative"),
@@ -124,6 +124,7 @@ def test_submit_refuses_what_validate_finds(stack: Stack) -> None:
     assert url.status_code == 422 and "no URLs" in url.json()["detail"]
 
 
+@ONE_DATABASE
 def test_a_chat_job_trains_with_eval_and_keeps_the_best_adapter(stack: Stack) -> None:
     chats = stack.upload(
         "train-chats.jsonl", "\n".join(json.dumps(chat_row(r, label)) for r, label in REVIEWS * 2).encode()

@@ -17,9 +17,11 @@ import pytest
 
 from app.jobs.webhooks import verify_signature
 from ftctl.jobs import SseEvent, iter_sse
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 from tests.webhook_receiver import Received, WebhookReceiver
+
+pytestmark = ONE_DATABASE
 
 # The stack fixture hands the test environment to the API and worker it starts; set before it does.
 WEBHOOK_SECRET = os.environ.setdefault("FT_WEBHOOK_SECRET", "integration-test-webhook-secret")

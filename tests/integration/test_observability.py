@@ -18,8 +18,10 @@ from sqlalchemy.orm import Session
 from app.core.db import make_engine
 from app.jobs.webhooks import verify_signature
 from app.models import Job, MetricPoint, utcnow
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
 from tests.webhook_receiver import WebhookReceiver
+
+pytestmark = ONE_DATABASE
 
 POINTS = 100_000
 SPIKE_STEP = 61_803

@@ -8,8 +8,10 @@ from typing import Any
 import openai
 import pytest
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
 from tests.integration.test_end_to_end import QUOTES, quotes_jsonl
+
+pytestmark = ONE_DATABASE
 
 OPENAI_TERMINAL = {"succeeded", "failed", "cancelled"}
 

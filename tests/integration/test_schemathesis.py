@@ -18,8 +18,10 @@ from sqlalchemy.orm import Session
 
 from app.core.db import make_engine
 from app.models import Job, utcnow
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
 from tests.integration.replicas import cancel_queued, ftctl, replicas, stack_database_url
+
+pytestmark = ONE_DATABASE
 
 MAX_EXAMPLES = os.environ.get("FT_FUZZ_MAX_EXAMPLES", "12")
 MAX_SECONDS = int(os.environ.get("FT_FUZZ_MAX_SECONDS", "60"))

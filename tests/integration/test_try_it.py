@@ -12,7 +12,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ONE_DATABASE, Stack
+
+pytestmark = ONE_DATABASE
 
 POSITIVE = ["wonderful", "great", "moving", "happy", "love", "excellent", "amazing", "fantastic", "good"]
 NEGATIVE = ["terrible", "slow", "awful", "boring", "poor", "bad", "sad", "hate"]
