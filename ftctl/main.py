@@ -65,11 +65,16 @@ def keys_revoke(key_id: str) -> None:
 def models_make_tiny(
     directory: Path,
     vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = 512,
+    chat_template: Annotated[
+        str,
+        typer.Option(help="`tiny` (renders tools), a built-in name (`qwen2.5`, `llama3`, `chatml`, ...) or `none`."),
+    ] = "tiny",
 ) -> None:
     """Write a tiny random-weight Llama model and tokenizer (Hugging Face format) into DIRECTORY."""
     from worker.training.tiny import make_tiny_model
 
-    path = make_tiny_model(directory, vocab_size=vocab_size)
+    template = None if chat_template == "none" else chat_template
+    path = make_tiny_model(directory, vocab_size=vocab_size, chat_template=template)
     typer.echo(f"tiny model written to {path}")
 
 

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_MODEL = "tiny-llama"
+TINY_QWEN = "tiny-qwen"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,17 @@ def tiny_model() -> Path:
     path = MODELS_DIR / TINY_MODEL
     if not (path / "config.json").exists():
         make_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen() -> Path:
+    """The tiny model with Qwen2.5's real, tool-capable training template (`make-tiny --chat-template qwen2.5`)."""
+    from worker.training.tiny import make_tiny_model
+
+    path = MODELS_DIR / TINY_QWEN
+    if not (path / "config.json").exists():
+        make_tiny_model(path, chat_template="qwen2.5")
     return path
 
 

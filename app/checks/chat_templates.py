@@ -65,15 +65,18 @@ def _compile(template: str) -> Any:
     return _environment().from_string(template)
 
 
-def render_chat(template: str, messages: list[dict[str, str]], special_tokens: dict[str, str]) -> tuple[str, list]:
-    """The conversation as the template renders it, and the character spans inside `{% generation %}` blocks."""
+def render_chat(
+    template: str, messages: list[dict[str, Any]], special_tokens: dict[str, str], tools: list[dict] | None = None
+) -> tuple[str, list]:
+    """The conversation as the template renders it (`tools` passed as apply_chat_template passes them), and the
+    character spans inside `{% generation %}` blocks."""
     compiled = _compile(template)
     blocks: list[str] = []
     spans: list[tuple[int, int]] = []
     token = _tracking.set((blocks, spans))
     try:
         for block in compiled.generate(
-            messages=messages, tools=None, documents=None, add_generation_prompt=False, **special_tokens
+            messages=messages, tools=tools, documents=None, add_generation_prompt=False, **special_tokens
         ):
             blocks.append(block)
     finally:

@@ -10,71 +10,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
-
+from app.checks.report import ExamplePreview, Problem, TokenLengths, ValidationReport
 from app.checks.tokenization import (
     ModelTokenizer,
     Tokenized,
-    chat_template_for_training,
+    choose_chat_template,
     describe,
     has_generation_markers,
     tokenize_example,
 )
 from app.spec.examples import RowError, eval_split_indices, to_example
-from app.spec.formats import ChatFormat
+from app.spec.formats import CONVERSATIONAL
 from app.spec.job import JobSpec
+from app.spec.templates import template_names
+
+__all__ = ["DataSource", "ExamplePreview", "Problem", "TokenLengths", "ValidationReport", "check_data"]
 
 MAX_ROW_PROBLEMS = 20  # listed one by one; the rest are counted
 PREVIEW_EXAMPLES = 3
 MAX_TOKENIZED_ROWS = 20_000  # enough for the statistics; tokenizing more would make a request slow
-
-
-class Problem(BaseModel):
-    field: str | None = Field(None, description="The spec field at fault, e.g. `format.template`.")
-    row: int | None = Field(None, description="The dataset row at fault, counting from 1.")
-    message: str
-
-    @model_serializer(mode="wrap")
-    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}  # `field` or `row`, as the contract shows
-
-
-class ExamplePreview(BaseModel):
-    row: int = Field(description="Which dataset row this is, counting from 1.")
-    text: str = Field(description="What the model reads, after the template and truncation.")
-    trained: str = Field(description="The part that carries loss (assistant turns, the completion, or all text).")
-    tokens: int
-    trained_tokens: int
-    truncated: bool
-
-
-class TokenLengths(BaseModel):
-    min: int
-    p50: int
-    p95: int
-    max: int
-
-
-class ValidationReport(BaseModel):
-    ok: bool = Field(description="True when nothing stops the job; `problems` says what does.")
-    problems: list[Problem] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list, description="Worth knowing, but the job can run.")
-    examples: list[ExamplePreview] = Field(default_factory=list)
-    token_lengths: TokenLengths | None = None
-    truncated: int | None = Field(None, description="Training examples longer than max_seq_length.")
-    dropped: int | None = Field(None, description="Examples left with no trained token after truncation.")
-    train_examples: int | None = None
-    eval_examples: int | None = None
-    total_steps: int | None = Field(None, description="Optimizer steps the job will run.")
-
-    def summary(self) -> str:
-        """The problems in one line, for a 422's `detail`."""
-        parts = []
-        for p in self.problems[:5]:
-            where = p.field or (f"row {p.row}" if p.row else "")
-            parts.append(f"{where}: {p.message}" if where and not p.message.startswith(f"row {p.row}") else p.message)
-        more = len(self.problems) - 5
-        return "; ".join(parts) + (f"; and {more} more (POST /jobs/validate lists them all)" if more > 0 else "")
 
 
 @dataclass
@@ -145,27 +99,39 @@ def _examples(spec: JobSpec, source: DataSource, report: ValidationReport) -> li
 
 
 def _chat_template(spec: JobSpec, tok: ModelTokenizer, report: ValidationReport) -> str | None:
-    if not isinstance(spec.format, ChatFormat):
+    if not isinstance(spec.format, CONVERSATIONAL):
         return None
-    template = chat_template_for_training(tok, spec.format.chat_template)
-    if template is None:
+    try:
+        choice = choose_chat_template(spec.format, spec.base_model, tok.chat_template)
+    except ValueError as exc:  # FT_DEFAULT_CHAT_TEMPLATE names no built-in template: the deployment's to fix
+        report.problems.append(Problem(field="format.chat_template", message=f"FT_DEFAULT_CHAT_TEMPLATE: {exc}"))
+        return None
+    if choice.warning:
+        report.warnings.append(choice.warning)
+    if choice.template is None:
         report.problems.append(
             Problem(
                 field="format.chat_template",
-                message=f"{spec.base_model!r} has no chat template: give one in format.chat_template "
-                "(Jinja, with {% generation %}...{% endgeneration %} around assistant content)",
+                message=f"{spec.base_model!r} has no chat template: give format.chat_template, a built-in name "
+                f"({', '.join(template_names())}) or Jinja with {{% generation %}}...{{% endgeneration %}} around "
+                "assistant content",
             )
         )
-    elif not has_generation_markers(template):
+    elif not has_generation_markers(choice.template):
         report.problems.append(
             Problem(
                 field="format.chat_template",
                 message="the chat template has no {% generation %} markers, so assistant turns cannot be told "
                 "apart for the loss: give format.chat_template with {% generation %}...{% endgeneration %} "
-                "around each assistant message",
+                "around each assistant message, or a built-in name "
+                f"({', '.join(template_names())})",
             )
         )
-    return template
+    return choice.template
+
+
+def _has_tools(example: dict[str, Any]) -> bool:
+    return "tools" in example or any("tool_calls" in m for m in example.get("messages", ()))
 
 
 def _tokenize(
@@ -173,12 +139,21 @@ def _tokenize(
 ) -> list[Tokenized]:
     t = spec.training
     keep_end = t.truncation_side == "left" and not t.packing
+    train_on_inputs = getattr(spec.format, "train_on_inputs", False)
+    if template and "tool" not in template and any(_has_tools(example) for _, example in examples):
+        report.warnings.append("the chat template renders no tools or tool calls: the model will not see them")
     out = []
     for number, example in examples[:MAX_TOKENIZED_ROWS]:
         try:
-            out.append(
-                tokenize_example(tok, example, chat_template=template, max_length=t.max_seq_length, keep_end=keep_end)
+            item = tokenize_example(
+                tok,
+                example,
+                chat_template=template,
+                max_length=t.max_seq_length,
+                keep_end=keep_end,
+                train_on_inputs=train_on_inputs,
             )
+            out.append(item)
         except Exception as exc:  # a template error (raise_exception, bad syntax) is the user's template at fault
             report.problems.append(Problem(field="format", row=number, message=f"row {number}: {exc}"))
             return []

@@ -17,6 +17,8 @@ from typing import Any
 from app.checks.chat_templates import has_generation_markers, render_chat, training_template_for
 from app.core.config import settings
 from app.datasets.hub import HubUnavailable, hub_snapshot
+from app.spec.formats import CONVERSATIONAL, AlpacaFormat
+from app.spec.templates import is_template_name, named_template, resolve_template
 
 
 @dataclass
@@ -77,12 +79,39 @@ def _read_cached(directory: str, _mtime: int) -> ModelTokenizer:
     return ModelTokenizer(Tokenizer.from_file(str(root / "tokenizer.json")), special, template)
 
 
-def chat_template_for_training(tok: ModelTokenizer, override: str | None) -> str | None:
-    """The template the trainer masks with: the spec's, else the model's; TRL's training variant if it has one."""
-    template = override or tok.chat_template
-    if template and not has_generation_markers(template):
-        return training_template_for(template) or template
-    return template
+@dataclass
+class TemplateChoice:
+    """The chat template a conversational job trains with, and a warning when it is not the model's own."""
+
+    template: str | None
+    warning: str | None = None
+
+
+def choose_chat_template(fmt: Any, base_model: str, model_template: str | None) -> TemplateChoice:
+    """The spec's template (by name or Jinja), else the model's, else the plain Alpaca layout (alpaca jobs) or the
+    deployment's FT_DEFAULT_CHAT_TEMPLATE; TRL's training variant (with generation markers) where it has one.
+
+    The worker calls this too, so a job trains with the template its validation showed. ValueError: an unknown name.
+    """
+    if not isinstance(fmt, CONVERSATIONAL):
+        return TemplateChoice(None)
+    choice = TemplateChoice(resolve_template(fmt.chat_template) or model_template)
+    if choice.template is None and isinstance(fmt, AlpacaFormat):
+        choice = TemplateChoice(
+            named_template("alpaca"),
+            f"{base_model!r} has no chat template: the rows are laid out the plain Alpaca way "
+            "(### Instruction / ### Response); give format.chat_template to use another",
+        )
+    elif choice.template is None and settings.default_chat_template:
+        name = settings.default_chat_template if is_template_name(settings.default_chat_template) else "Jinja"
+        choice = TemplateChoice(
+            resolve_template(settings.default_chat_template),
+            f"{base_model!r} has no chat template: the deployment's default ({name}, FT_DEFAULT_CHAT_TEMPLATE) is "
+            "used; give format.chat_template to choose another",
+        )
+    if choice.template and not has_generation_markers(choice.template):
+        choice.template = training_template_for(choice.template) or choice.template
+    return choice
 
 
 def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
@@ -106,23 +135,52 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _weighted_spans(spans: list[tuple[int, int]], messages: list[dict[str, Any]]) -> tuple[list, list]:
+    """The template's generation spans split into trained ones and those of weight-0 assistant turns."""
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if all(m.get("weight", 1) for m in assistant):
+        return spans, []
+    if len(spans) != len(assistant):
+        raise ValueError(
+            f"the chat template marks {len(spans)} {{% generation %}} blocks for {len(assistant)} assistant messages, "
+            "so per-message weights cannot be told apart: use a template with one block per assistant message"
+        )
+    kept = [span for span, m in zip(spans, assistant, strict=True) if m.get("weight", 1)]
+    return kept, [span for span in spans if span not in kept]
+
+
 def tokenize_example(
-    tok: ModelTokenizer, example: dict[str, Any], *, chat_template: str | None, max_length: int, keep_end: bool
+    tok: ModelTokenizer,
+    example: dict[str, Any],
+    *,
+    chat_template: str | None,
+    max_length: int,
+    keep_end: bool,
+    train_on_inputs: bool = False,
 ) -> Tokenized:
-    """One example in TRL's shape -> the ids and loss mask the trainer builds for it."""
+    """One example in TRL's shape -> the ids and loss mask the trainer builds for it.
+
+    Chat: the assistant turns' generation spans carry loss, less those of weight-0 turns; `train_on_inputs`: every
+    token but the weight-0 turns'. Prompt/completion: the completion (`train_on_inputs`: all). Text: all.
+    """
     eos = tok.eos_token
     if "messages" in example:
         if not chat_template:
             raise ValueError("no chat template")
-        text, spans = render_chat(chat_template, example["messages"], tok.special_tokens)
+        text, spans = render_chat(chat_template, example["messages"], tok.special_tokens, example.get("tools"))
         enc = tok.tokenizer.encode(text, add_special_tokens=False)
-        ids, trained = enc.ids, _mask_from_spans(enc.offsets, spans)
+        ids = enc.ids
+        trained_spans, excluded = _weighted_spans(spans, example["messages"])
+        if train_on_inputs:
+            trained = [not masked for masked in _mask_from_spans(enc.offsets, excluded)]
+        else:
+            trained = _mask_from_spans(enc.offsets, trained_spans)
     elif "prompt" in example:
         completion = example["completion"] if example["completion"].endswith(eos) else example["completion"] + eos
         prompt_ids = tok.tokenizer.encode(example["prompt"]).ids
         enc = tok.tokenizer.encode(example["prompt"] + completion)
         ids = enc.ids
-        n_prompt = _common_prefix(prompt_ids, ids)
+        n_prompt = 0 if train_on_inputs else _common_prefix(prompt_ids, ids)
         trained = [i >= n_prompt for i in range(len(ids))]
     else:
         text = example["text"] if example["text"].endswith(eos) else example["text"] + eos

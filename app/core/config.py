@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     )
     s3_presign_expiry_s: int = Field(3600, ge=1, description="How long a presigned download URL stays valid.")
 
+    default_chat_template: str | None = Field(
+        None,
+        description="The chat template for chat and sharegpt jobs on a model that has none (a name like `chatml`, "
+        "or Jinja); POST /jobs/validate warns when it applies. Unset: such jobs must give format.chat_template.",
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest dataset upload accepted (413 above).")
     # Quotas, bounds and rate limits per tenant (app/tenants/limits.py, docs/security.md); 0 allows none.
     max_request_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest non-upload request body (413).")

@@ -6,24 +6,20 @@ shown before submitting is what the trainer is given.
 
 import random
 import string
-from dataclasses import dataclass
 from typing import Any
 
-from app.spec.formats import ChatFormat, PromptCompletionFormat, TemplateFormat, TextFormat
+from app.spec.conversations import CHAT_ROLES, Example, alpaca_example, chat_example, sharegpt_example
+from app.spec.errors import RowError
+from app.spec.formats import (
+    AlpacaFormat,
+    ChatFormat,
+    PromptCompletionFormat,
+    ShareGPTFormat,
+    TemplateFormat,
+    TextFormat,
+)
 
-CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
-Example = dict[str, Any]
-
-
-@dataclass
-class RowError(Exception):
-    """A row that cannot become an example; `row` counts from 1 in the order rows were uploaded."""
-
-    row: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"row {self.row}: {self.message}"
+__all__ = ["CHAT_ROLES", "Example", "RowError", "build_examples", "eval_split_indices", "split_eval", "to_example"]
 
 
 def render_value(value: Any) -> str:
@@ -47,25 +43,6 @@ def render_template(template: str, row: dict[str, Any], row_number: int) -> str:
     return "".join(parts)
 
 
-def chat_messages(row: dict[str, Any], field: str, row_number: int) -> list[dict[str, str]]:
-    """OpenAI-style messages, checked: known roles, string content, at least one assistant turn."""
-    messages = row.get(field)
-    if not isinstance(messages, list) or not messages:
-        raise RowError(row_number, f"column {field!r} must be a non-empty list of {{role, content}} messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowError(row_number, f"message {i} must be an object with role and content")
-        if message.get("role") not in CHAT_ROLES:
-            raise RowError(
-                row_number, f"message {i} has role {message.get('role')!r}; use one of {', '.join(CHAT_ROLES)}"
-            )
-        if not isinstance(message.get("content"), str):
-            raise RowError(row_number, f"message {i} ({message['role']}): content must be a string")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError(row_number, "no assistant message to train on")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
 def to_example(fmt: Any, row: dict[str, Any], row_number: int) -> Example:
     """One row as one training example in the shape TRL's SFTTrainer takes for the format."""
     if isinstance(fmt, TextFormat):
@@ -81,7 +58,11 @@ def to_example(fmt: Any, row: dict[str, Any], row_number: int) -> Example:
             raise RowError(row_number, "the completion is empty: there is nothing to train on")
         return {"prompt": render_template(fmt.prompt, row, row_number), "completion": completion}
     if isinstance(fmt, ChatFormat):
-        return {"messages": chat_messages(row, fmt.field, row_number)}
+        return chat_example(fmt, row, row_number)
+    if isinstance(fmt, ShareGPTFormat):
+        return sharegpt_example(fmt, row, row_number)
+    if isinstance(fmt, AlpacaFormat):
+        return alpaca_example(fmt, row, row_number)
     raise TypeError(f"unsupported format {fmt!r}")
 
 

@@ -1,10 +1,12 @@
-"""Where a job's examples come from and how a row becomes one: Hub datasets, the five data formats, templates."""
+"""Where a job's examples come from and how a row becomes one: Hub datasets, the data formats, templates."""
 
 import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from app.spec.templates import is_template_name, named_template
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
@@ -70,10 +72,32 @@ class TemplateFormat(StrictModel):
         return template_fields(self.template)
 
 
+TRAIN_ON_INPUTS = Field(
+    False, description="Every token carries loss, the prompt (system, user and tool turns) too, not only the answers."
+)
+
+
+def _known_template(value: str | None) -> str | None:
+    if value is not None and is_template_name(value):
+        named_template(value)  # ValueError naming the built-in ones
+    return value
+
+
+ChatTemplate = Annotated[str | None, AfterValidator(_known_template)]
+CHAT_TEMPLATE = Field(
+    None,
+    max_length=100_000,
+    description="A Jinja chat template, or the name of a built-in one (`chatml`, `llama3`, `qwen2.5`, `qwen3`, "
+    "`gemma`, `phi3`, `alpaca`); instead of the model's, and needed when it has none (unless the deployment sets "
+    "FT_DEFAULT_CHAT_TEMPLATE).",
+)
+
+
 class PromptCompletionFormat(StrictModel):
     type: Literal["prompt_completion"] = "prompt_completion"
     prompt: str = Field("{prompt}", description="Template of the prompt (no loss on it).")
     completion: str = Field("{completion}", description="Template of the completion (the loss is here).")
+    train_on_inputs: bool = TRAIN_ON_INPUTS
 
     @field_validator("prompt", "completion")
     @classmethod
@@ -86,14 +110,83 @@ class PromptCompletionFormat(StrictModel):
 
 
 class ChatFormat(StrictModel):
+    """OpenAI's chat rows: `role`, `content`, `weight`, `tool_calls`, `tool_call_id`, `name`; a row-level `tools`."""
+
     type: Literal["chat"] = "chat"
     field: str = Field("messages", description="Column of OpenAI-style messages `[{role, content}]`.")
-    chat_template: str | None = Field(
-        None, description="Jinja chat template, instead of the tokenizer's (needed when it has none)."
-    )
+    tools: str = Field("tools", description="Column of the row's tool (function) schemas, when the data has it.")
+    chat_template: ChatTemplate = CHAT_TEMPLATE
+    train_on_inputs: bool = TRAIN_ON_INPUTS
 
     def columns(self) -> list[str]:
         return [self.field]
+
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "function_call",
+    "observation": "observation",
+    "tool": "observation",
+}
+ShareGPTRole = Literal["system", "user", "assistant", "function_call", "observation"]
+
+
+class ShareGPTFormat(StrictModel):
+    """ShareGPT rows as LLaMA-Factory and Axolotl read them: `{"conversations": [{"from", "value"}], ...}`."""
+
+    type: Literal["sharegpt"] = "sharegpt"
+    field: str = Field("conversations", description="Column of the turns.")
+    role_key: str = Field("from", description="Key of a turn's speaker.")
+    content_key: str = Field("value", description="Key of a turn's text.")
+    roles: dict[str, ShareGPTRole] = Field(
+        default_factory=dict,
+        description='Speaker names beyond the usual ones, e.g. `{"bot": "assistant"}`. The usual: human/user, '
+        "gpt/assistant, system, function_call (an assistant tool call) and observation/tool (a tool result).",
+    )
+    system: str = Field("system", description="Column of the system prompt, when the data has it.")
+    tools: str = Field("tools", description="Column of the tool schemas (a JSON string or a list), when present.")
+    chat_template: ChatTemplate = CHAT_TEMPLATE
+    train_on_inputs: bool = TRAIN_ON_INPUTS
+
+    def speaker(self, name: Any) -> str | None:
+        """What a speaker name means: user, assistant, system, function_call or observation; None if unknown."""
+        return {**SHAREGPT_ROLES, **self.roles}.get(name) if isinstance(name, str) else None
+
+    def columns(self) -> list[str]:
+        return [self.field]
+
+
+class AlpacaColumns(StrictModel):
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    system: str = "system"
+    history: str = "history"
+
+
+class AlpacaFormat(StrictModel):
+    """Alpaca rows (`instruction`, `input`, `output`, optional `system` and `history`), trained as a conversation."""
+
+    type: Literal["alpaca"] = "alpaca"
+    columns_: AlpacaColumns = Field(
+        default_factory=AlpacaColumns,
+        alias="columns",
+        description='Column names, when the data names them otherwise: `{"output": "response"}`.',
+    )
+    chat_template: ChatTemplate = CHAT_TEMPLATE
+    train_on_inputs: bool = TRAIN_ON_INPUTS
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    def columns(self) -> list[str]:
+        return [self.columns_.instruction, self.columns_.output]
+
+
+CONVERSATIONAL = (ChatFormat, ShareGPTFormat, AlpacaFormat)  # formats rendered through a chat template
 
 
 class ClassificationFormat(StrictModel):
@@ -134,6 +227,12 @@ class ClassificationFormat(StrictModel):
 
 
 Format = Annotated[
-    TextFormat | TemplateFormat | PromptCompletionFormat | ChatFormat | ClassificationFormat,
+    TextFormat
+    | TemplateFormat
+    | PromptCompletionFormat
+    | ChatFormat
+    | ShareGPTFormat
+    | AlpacaFormat
+    | ClassificationFormat,
     Field(discriminator="type"),
 ]

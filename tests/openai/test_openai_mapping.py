@@ -41,10 +41,21 @@ def param_of(excinfo: pytest.ExceptionInfo[Invalid]) -> str | None:
 
 def test_chat_and_prompt_completion_files_map_onto_our_formats() -> None:
     chat = build_spec(request(), CHAT, None, {})
-    assert chat.format.model_dump() == {"type": "chat", "field": "messages", "chat_template": None}
+    assert chat.format.model_dump() == {
+        "type": "chat",
+        "field": "messages",
+        "tools": "tools",  # the row's tools go to the chat template, as OpenAI's do
+        "chat_template": None,
+        "train_on_inputs": False,
+    }
     assert chat.base_model == "tiny-llama" and chat.dataset == "ds_train"
     pc = build_spec(request(validation_file="ds_valid"), PROMPT_COMPLETION, PROMPT_COMPLETION, {})
-    assert pc.format.model_dump() == {"type": "prompt_completion", "prompt": "{prompt}", "completion": "{completion}"}
+    assert pc.format.model_dump() == {
+        "type": "prompt_completion",
+        "prompt": "{prompt}",
+        "completion": "{completion}",
+        "train_on_inputs": False,
+    }
     assert pc.validation_dataset == "ds_valid"
 
 

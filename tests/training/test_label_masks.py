@@ -6,10 +6,9 @@ POST /jobs/validate computes masks without torch (app.checks.tokenization); thes
 from pathlib import Path
 
 import pytest
-from datasets import Dataset
 from trl import SFTTrainer
 
-from app.checks.tokenization import read_model_tokenizer, tokenize_example
+from app.checks.tokenization import choose_chat_template, read_model_tokenizer, tokenize_example
 from app.spec.examples import to_example
 from app.spec.job import JobSpec
 from tests.conftest import TINY_MODEL
@@ -25,10 +24,10 @@ CHAT = [
 ]
 
 
-def _spec(fmt: dict, **training: object) -> JobSpec:
+def _spec(fmt: dict, base_model: str = TINY_MODEL, **training: object) -> JobSpec:
     return JobSpec.model_validate(
         {
-            "base_model": TINY_MODEL,
+            "base_model": base_model,
             "dataset": "ds_000000000000000000000000",
             "format": fmt,
             "quantization": None,
@@ -44,22 +43,24 @@ def trainer_batch(spec: JobSpec, row: dict, tmp_path: Path) -> tuple[list[int], 
     trainer = SFTTrainer(
         model=modelling.add_lora(modelling.load_model(spec), spec),
         args=causal_lm._training_args(spec, tmp_path, has_eval=False),
-        train_dataset=Dataset.from_list(data.build_examples(spec, [row])),
+        train_dataset=data.tokenized(spec, tokenizer, data.build_examples(spec, [row])),
         processing_class=tokenizer,
     )
     batch = next(iter(trainer.get_train_dataloader()))
     return batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
 
 
-def api_mask(spec: JobSpec, row: dict, tiny_model: Path) -> tuple[list[int], list[bool]]:
-    tok = read_model_tokenizer(tiny_model)
+def api_mask(spec: JobSpec, row: dict, model_dir: Path) -> tuple[list[int], list[bool]]:
+    """What POST /jobs/validate computes for the row, without torch."""
+    tok = read_model_tokenizer(model_dir)
     t = spec.training
     item = tokenize_example(
         tok,
         to_example(spec.format, row, 1),
-        chat_template=getattr(spec.format, "chat_template", None) or tok.chat_template,
+        chat_template=choose_chat_template(spec.format, spec.base_model, tok.chat_template).template,
         max_length=t.max_seq_length,
         keep_end=t.truncation_side == "left",
+        train_on_inputs=getattr(spec.format, "train_on_inputs", False),
     )
     return item.ids, item.trained
 

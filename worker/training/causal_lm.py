@@ -31,8 +31,9 @@ from worker.training.speed import SpeedPlan
 
 
 def _setup_data(
-    spec: JobSpec, dataset_path: Path | None, validation_path: Path | None
+    spec: JobSpec, tokenizer: Any, dataset_path: Path | None, validation_path: Path | None
 ) -> tuple[Dataset, Dataset | None]:
+    """The train and eval sets, tokenized with their loss masks (data.tokenized)."""
     examples = data.build_examples(spec, data.load_rows(spec.dataset, dataset_path))
     if spec.validation_dataset is not None:
         train, evals = (
@@ -41,7 +42,7 @@ def _setup_data(
         )
     else:
         train, evals = data.split_eval(examples, spec.training.eval_fraction, spec.training.seed)
-    return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None)
+    return data.tokenized(spec, tokenizer, train), (data.tokenized(spec, tokenizer, evals) if evals else None)
 
 
 def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan | None = None) -> SFTConfig:
@@ -53,8 +54,9 @@ def _training_args(spec: JobSpec, out_dir: Path, has_eval: bool, fast: SpeedPlan
         # TRL cuts by this, not by tokenizer.truncation_side: "left" keeps an example's end.
         truncation_mode="keep_end" if t.truncation_side == "left" else "keep_start",
         packing=t.packing,
+        # The loss masks are already in the examples' labels (data.tokenized).
         completion_only_loss=True,
-        assistant_only_loss=spec.format.type == "chat",
+        assistant_only_loss=False,
         dataset_num_proc=None,
         use_liger_kernel=fast.use_liger_kernel,
         torch_compile=fast.torch_compile,
@@ -74,11 +76,11 @@ def run(
     started = time.monotonic()
     torch.manual_seed(spec.training.seed)
 
-    # Data and tokenizer
-    train_set, eval_set = _setup_data(spec, dataset_path, validation_path)
+    # Tokenizer and data
     tokenizer = modelling.load_tokenizer(spec.base_model)
     tokenizer.truncation_side = spec.training.truncation_side
     data.use_chat_template(spec, tokenizer)
+    train_set, eval_set = _setup_data(spec, tokenizer, dataset_path, validation_path)
 
     # The model: the base with its adapter
     spec, adapter_warnings = adapters.fit_training(spec)  # what the adapter method cannot train with, turned off

@@ -8,13 +8,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
+
+from app.checks.tokenization import ModelTokenizer, choose_chat_template, tokenize_example
 from app.core.errors import DomainError
 from app.datasets.hub import HubUnavailable, load_hub_dataset
 from app.spec import examples as shared
 from app.spec.examples import Example
-from app.spec.formats import ChatFormat, HubDataset
+from app.spec.formats import CONVERSATIONAL, HubDataset
 from app.spec.job import JobSpec
 from worker.training.errors import TrainingError
+
+UNTRUNCATED = 1 << 30  # the trainer truncates, to max_seq_length on the side the spec says
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -69,14 +74,52 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
 
 
 def use_chat_template(spec: JobSpec, tokenizer: Any) -> None:
-    """Chat jobs: the spec's template wins over the tokenizer's; having none at all is the user's to fix."""
-    if not isinstance(spec.format, ChatFormat):
+    """Conversational jobs: the template the API's checks chose (app.checks.tokenization.choose_chat_template) goes
+    on the tokenizer, so training, the saved adapter and generation all use it; having none is the user's to fix."""
+    if not isinstance(spec.format, CONVERSATIONAL):
         return
-    if spec.format.chat_template:
-        tokenizer.chat_template = spec.format.chat_template
-    if not tokenizer.chat_template:
+    try:
+        choice = choose_chat_template(spec.format, spec.base_model, tokenizer.chat_template)
+    except ValueError as exc:
+        raise TrainingError("invalid_spec", str(exc)) from None
+    if not choice.template:
         raise TrainingError(
             "invalid_spec",
             f"{spec.base_model!r} has no chat template: give one in format.chat_template "
-            "(Jinja, with {% generation %}...{% endgeneration %} around assistant content)",
+            "(a built-in name such as `chatml`, or Jinja with {% generation %}...{% endgeneration %} around assistant "
+            "content)",
         )
+    tokenizer.chat_template = choice.template
+
+
+def model_tokenizer(tokenizer: Any) -> ModelTokenizer:
+    """The checks' view of a loaded transformers tokenizer: its `tokenizers` backend, special tokens and template."""
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return ModelTokenizer(tokenizer.backend_tokenizer, special, tokenizer.chat_template)
+
+
+def tokenized(spec: JobSpec, tokenizer: Any, examples: list[Example]) -> Dataset:
+    """Examples as `input_ids` and `labels` (-100 where no loss), tokenized by the very function POST /jobs/validate
+    shows them with; TRL's SFTTrainer then truncates, drops what has nothing left to train on, and packs.
+
+    Per-message weights, tools and `train_on_inputs` exist only here: TRL's own preparation has none of them.
+    """
+    tok = model_tokenizer(tokenizer)
+    train_on_inputs = getattr(spec.format, "train_on_inputs", False)
+    rows = []
+    for number, example in enumerate(examples, start=1):
+        try:
+            item = tokenize_example(
+                tok,
+                example,
+                chat_template=tokenizer.chat_template,
+                max_length=UNTRUNCATED,
+                keep_end=False,
+                train_on_inputs=train_on_inputs,
+            )
+        except Exception as exc:  # the chat template raised (raise_exception) on this row
+            raise TrainingError("dataset_error", f"example {number}: {exc}") from None
+        rows.append(
+            {"input_ids": item.ids, "labels": [i if t else -100 for i, t in zip(item.ids, item.trained, strict=True)]}
+        )
+    return Dataset.from_list(rows)

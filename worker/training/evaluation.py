@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from app.spec import examples as shared
+from app.spec.formats import CONVERSATIONAL
 from app.spec.job import JobSpec
 from worker.training import data
 from worker.training import model as modelling
@@ -111,7 +111,7 @@ def compare(
     """
     options = options or EvaluationOptions()
     pairs = label_pairs(spec, tokenizer, rows, options.max_examples)
-    chat = spec.format.type == "chat"
+    chat = isinstance(spec.format, CONVERSATIONAL)
 
     def measure() -> tuple[float | None, float | None]:
         correct = accuracy(model, tokenizer, pairs, chat, options.max_new_tokens) if pairs else None
@@ -147,11 +147,11 @@ def _eval_trainer(spec: JobSpec, model: Any, tokenizer: Any, rows: list[dict[str
         max_length=spec.training.max_seq_length,
         truncation_mode="keep_end" if spec.training.truncation_side == "left" else "keep_start",
         completion_only_loss=True,
-        assistant_only_loss=spec.format.type == "chat",
+        assistant_only_loss=False,  # the masks are in the labels (data.tokenized)
         gradient_checkpointing=False,  # TRL's default; it would switch the loaded model into training mode
         dataloader_num_workers=0,
     )
-    eval_set = Dataset.from_list(data.build_examples(spec, rows))
+    eval_set = data.tokenized(spec, tokenizer, data.build_examples(spec, rows))
     # SFTTrainer insists on a train_dataset; it is never trained on here.
     return SFTTrainer(model=model, args=args, train_dataset=eval_set, eval_dataset=eval_set, processing_class=tokenizer)
 

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 
 from app.spec import examples as shared
-from app.spec.formats import ChatFormat, PromptCompletionFormat, TemplateFormat
+from app.spec.formats import CONVERSATIONAL, PromptCompletionFormat, TemplateFormat
 from app.spec.job import JobSpec
 from worker.training import data
 from worker.training import model as modelling
@@ -88,7 +88,7 @@ def format_prompt(spec: JobSpec, tokenizer: Any, prompt: Prompt) -> str:
         return _fill(template_prompt_part(fmt.template)[0], prompt, "format.template")
     if isinstance(fmt, PromptCompletionFormat):
         return _fill(fmt.prompt, prompt, "format.prompt")
-    if isinstance(fmt, ChatFormat):
+    if isinstance(fmt, CONVERSATIONAL):
         messages = prompt.get("messages") if isinstance(prompt, dict) else [{"role": "user", "content": prompt}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if isinstance(prompt, dict):
@@ -109,10 +109,15 @@ def prompt_and_target(spec: JobSpec, tokenizer: Any, row: dict[str, Any]) -> tup
         completion = shared.render_template(fmt.completion, row, 1)
         stripped = prompt.rstrip()
         return stripped, prompt[len(stripped) :] + completion
-    if isinstance(fmt, ChatFormat):
-        messages = shared.chat_messages(row, fmt.field, 1)
+    if isinstance(fmt, CONVERSATIONAL):
+        example = shared.to_example(fmt, row, 1)
+        messages = example["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        prompt = tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
+        if not messages[last]["content"]:  # a tool call: not a label to match
+            return None
+        prompt = tokenizer.apply_chat_template(
+            messages[:last], tools=example.get("tools"), tokenize=False, add_generation_prompt=True
+        )
         return prompt, messages[last]["content"]
     return None
 
@@ -150,7 +155,7 @@ def side_by_side(
 ) -> list[dict[str, Any]]:
     """[{prompt, base, adapter}] for raw prompts, formatted as the job's training data."""
     texts = [format_prompt(spec, tokenizer, p) for p in prompts]
-    chat = isinstance(spec.format, ChatFormat)
+    chat = isinstance(spec.format, CONVERSATIONAL)
     adapter = generate(model, tokenizer, texts, sampling, chat)
     with model.disable_adapter():
         base = generate(model, tokenizer, texts, sampling, chat)

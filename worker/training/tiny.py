@@ -14,12 +14,19 @@ TINY = {
     "max_position_embeddings": 2048,
 }
 
+# Renders tools (a system turn of JSON schemas) and assistant tool calls (<tool_call>JSON</tool_call>), like the
+# families that support them; plain conversations render as they always did. `chat_template=` picks a built-in one.
 CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</s>\n{% endif %}"
     "{% for message in messages %}<|{{ message['role'] }}|>\n"
-    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}</s>{% endgeneration %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{% if message['content'] %}{{ message['content'] }}"
+    "{% endif %}{% for call in message['tool_calls'] or [] %}<tool_call>{{ call['function'] | tojson }}</tool_call>"
+    "{% endfor %}</s>{% endgeneration %}"
     "{% else %}{{ message['content'] }}</s>{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+# Special tokens of the built-in templates: a tiny model with one tokenizes its markers as the real models do.
+TEMPLATE_TOKENS = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 _CORPUS = """
 The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.
@@ -32,15 +39,24 @@ user assistant system question answer instruction response input output label te
 """
 
 
-def make_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0, config: dict[str, Any] | None = None) -> Path:
+def make_tiny_model(
+    out_dir: Path,
+    vocab_size: int = 512,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    chat_template: str | None = "tiny",
+) -> Path:
     """Write a Hugging Face model directory (safetensors, tokenizer with a chat template) and return it.
 
     `config` overrides LlamaConfig fields (dimensions, `vocab_size`; `dtype` for the saved weights), e.g. for a bigger
-    benchmark model; keep the dimensions multiples of 64.
+    benchmark model; keep the dimensions multiples of 64. `chat_template`: "tiny" (CHAT_TEMPLATE), a built-in name
+    (`qwen2.5`, `llama3`, ...: app/spec/chat_templates/), or None for a base model without one.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from app.spec.templates import named_template
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,13 +65,17 @@ def make_tiny_model(out_dir: Path, vocab_size: int = 512, seed: int = 0, config:
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"],
+        special_tokens=[
+            *["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"],
+            *(TEMPLATE_TOKENS if chat_template not in (None, "tiny") else []),
+        ],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(_CORPUS.split("\n") * 20, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if chat_template is not None:
+        tokenizer.chat_template = CHAT_TEMPLATE if chat_template == "tiny" else named_template(chat_template)
     tokenizer.save_pretrained(out_dir)
 
     fields: dict[str, Any] = {"vocab_size": len(tokenizer), "tie_word_embeddings": False, **TINY, **(config or {})}
