@@ -18,12 +18,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/ftctl demo
 
-# Two pytest workers: the tests that start private stacks (kill, restart, fleets) run on one, the ones sharing the
-# session's stacks on the other, unit and training tests wherever there is room (tests/conftest.py groups them).
-TEST_WORKERS ?= 2
-
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The inner loop: no processes started, no model trained (well under 2 minutes).
 test-fast: setup

@@ -46,23 +46,15 @@ def session_dir() -> Path:
 
 
 SLOW_FOLDERS = {"integration": "integration", "training": "training"}
-# Integration modules that start stacks of their own (and kill, restart or multiply their processes).
-PRIVATE_STACKS = {"test_fleet.py", "test_reliability.py", "test_reaper.py", "test_storage_s3.py"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark by folder: tests/integration/ starts real processes, tests/training/ trains real models; the rest is
-    `make test-fast` (no processes, no training). Tests marked `one_database` run on the PostgreSQL stack only.
-
-    Under `pytest -n 2 --dist loadgroup` (`make test`) the private-stack tests run on one worker and the tests that
-    share the session's stacks on another, so each set of processes starts once."""
+    `make test-fast` (no processes, no training). Tests marked `one_database` run on the PostgreSQL stack only."""
     for item in items:
         parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
         if parts and parts[0] in SLOW_FOLDERS:
             item.add_marker(SLOW_FOLDERS[parts[0]])
-        if parts and parts[0] == "integration":
-            item.add_marker(pytest.mark.xdist_group("private_stacks" if parts[-1] in PRIVATE_STACKS else "stacks"))
     other = [item for item in items if item.get_closest_marker("one_database") and _stack_of(item) == "sqlite"]
     if other:
         config.hook.pytest_deselected(items=other)
