@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app import storage
 from app.broker.queue import enqueue_training
+from app.checks.init_from import init_artifact
 from app.core.db import session_scope
 from app.spec.job import JobSpec
 from app.tenants import limits
@@ -121,8 +122,25 @@ def _attempt(job_id: str, worker: str) -> str:
     return _finish(job_id, reporter, "succeeded")
 
 
+def _init_adapter(spec: JobSpec, out_dir: Path) -> Path | None:
+    """The adapter `init_from` names, unpacked under out_dir/init (from the store when it is not on this disk)."""
+    if spec.init_from is None:
+        return None
+    with session_scope() as session:
+        artifact = init_artifact(session, spec.init_from.job, spec.init_from.checkpoint_step)
+        key = artifact.path if artifact is not None else None
+    if key is None:
+        raise TrainingError("invalid_spec", f"init_from: job {spec.init_from.job} has no such adapter any more")
+    return storage.unpack(storage.cached(key), out_dir / "init")
+
+
 def _train(
-    job_id: str, worker: str, spec: JobSpec, out_dir: Path, reporter: JobReporter, resume_from: Path | None
+    job_id: str,
+    worker: str,
+    spec: JobSpec,
+    out_dir: Path,
+    reporter: JobReporter,
+    resume_from: Path | None,
 ) -> TrainingResult:
     """In this process, or across `resources.gpus` processes with torchrun (worker/distributed.py).
 
@@ -130,7 +148,10 @@ def _train(
     plots them, and before the attempt's outcome is recorded (which reads `reporter.lease_lost`).
     """
     try:
+        init_adapter = _init_adapter(spec, out_dir)
         if distributed.world_size(spec) > 1:
+            if init_adapter is not None:
+                raise TrainingError("invalid_spec", "init_from trains on one GPU for now: set resources.gpus to 1")
             return distributed.run(
                 spec,
                 _dataset_path(spec.dataset),
@@ -147,6 +168,7 @@ def _train(
             reporter,
             validation_path=_dataset_path(spec.validation_dataset),
             resume_from=resume_from,
+            init_adapter=init_adapter,
         )
     finally:
         reporter.close()

@@ -7,6 +7,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.checks.init_from import init_artifact
 from app.core.config import settings
 from app.models import Artifact, Dataset, Job, MetricPoint, utcnow
 from app.spec.job import JobSpec
@@ -173,6 +174,14 @@ def set_lineage(session: Session, job_id: str, spec: JobSpec, device: str) -> di
         for ref in (spec.dataset, spec.validation_dataset)
     ]
     value = job_lineage(spec, shas[0], device, shas[1])
+    if spec.init_from is not None:  # the adapter this job continues from
+        parent = init_artifact(session, spec.init_from.job, spec.init_from.checkpoint_step)
+        value["parent"] = {
+            "job": spec.init_from.job,
+            "checkpoint_step": spec.init_from.checkpoint_step,
+            "artifact": parent.name if parent else None,
+            "adapter_sha256": parent.sha256 if parent else None,
+        }
     session.execute(update(Job).where(Job.id == job_id).values(lineage=value))
     return value
 

@@ -66,7 +66,11 @@ def _compile(template: str) -> Any:
 
 
 def render_chat(
-    template: str, messages: list[dict[str, Any]], special_tokens: dict[str, str], tools: list[dict] | None = None
+    template: str,
+    messages: list[dict[str, Any]],
+    special_tokens: dict[str, str],
+    tools: list[dict] | None = None,
+    add_generation_prompt: bool = False,
 ) -> tuple[str, list]:
     """The conversation as the template renders it (`tools` passed as apply_chat_template passes them), and the
     character spans inside `{% generation %}` blocks."""
@@ -76,7 +80,11 @@ def render_chat(
     token = _tracking.set((blocks, spans))
     try:
         for block in compiled.generate(
-            messages=messages, tools=tools, documents=None, add_generation_prompt=False, **special_tokens
+            messages=messages,
+            tools=tools,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **special_tokens,
         ):
             blocks.append(block)
     finally:

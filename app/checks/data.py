@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.checks.preference import check_preference
 from app.checks.report import ExamplePreview, Problem, TokenLengths, ValidationReport
 from app.checks.tokenization import (
     ModelTokenizer,
@@ -190,6 +191,9 @@ def check_data(
         return _finish(spec, report, None)
     tok = load_tokenizer()
     if tok is None:
+        return _finish(spec, report, None)
+    if spec.method.type != "sft":
+        check_preference(spec, tok, train_examples, report)
         return _finish(spec, report, None)
     template = _chat_template(spec, tok, report)
     if report.problems:

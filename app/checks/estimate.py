@@ -122,7 +122,20 @@ def _typical_batch(spec: JobSpec, lengths: TokenLengths | None, cuda: bool) -> B
     return batch_shape(spec, cuda, mean, max(1, round(mean)))
 
 
+REFERENCE_PASS = 4 / 3  # DPO, KTO: a reference forward on top of forward + backward (about 3 forwards' work)
+
+
+def _as_trained(spec: JobSpec) -> JobSpec:
+    """What a micro-batch holds: a preference job's examples are two sequences each (chosen and rejected; KTO: the
+    answers and as many mismatched pairs for its KL term), so it is counted as twice the batch of sequences."""
+    if spec.method.type == "sft":
+        return spec
+    t = spec.training
+    return spec.model_copy(update={"training": t.model_copy(update={"batch_size": t.batch_size * 2})})
+
+
 def _evaluate(shape: ModelShape, spec: JobSpec, report: ValidationReport, where: Fleet) -> JobEstimate:
+    asked, spec = spec, _as_trained(spec)
     t, lengths = spec.training, report.token_lengths
     longest, p95 = (lengths.max, lengths.p95) if lengths else (t.max_seq_length, t.max_seq_length)
     on_gpu = memory(shape, spec, peak_batch(spec, True, longest, p95), GPU)
@@ -130,8 +143,10 @@ def _evaluate(shape: ModelShape, spec: JobSpec, report: ValidationReport, where:
     steps = report.total_steps
     micro_batches = steps * t.gradient_accumulation_steps if steps else None
     typical = {cuda: _typical_batch(spec, lengths, cuda) for cuda in (True, False)}
+    factor = REFERENCE_PASS if spec.method.type in ("dpo", "kto") else 1.0
     gpus = [
-        _on(c, on_cpu if c.is_cpu else on_gpu, shape, spec, typical[not c.is_cpu], micro_batches) for c in where.classes
+        _on(c, on_cpu if c.is_cpu else on_gpu, shape, spec, typical[not c.is_cpu], micro_batches, factor)
+        for c in where.classes
     ]
     expected = next((g for g in gpus if g.fits), None)
     notes = list(on_gpu.notes)
@@ -139,10 +154,15 @@ def _evaluate(shape: ModelShape, spec: JobSpec, report: ValidationReport, where:
         notes.append("token lengths unknown (no tokenizer here): every example is assumed max_seq_length long")
     if where.cpu_only:
         notes.append("CPU-only workers: memory is host memory, and no GPU-hours are used")
+    if spec is not asked:
+        notes.append(
+            f"{spec.method.type}: two sequences per example (batch_size {asked.training.batch_size} holds "
+            f"{t.batch_size} sequences)" + (", and a reference forward pass on each" if factor > 1 else "")
+        )
     return JobEstimate(
         parameters=shape.parameters,
         trainable_parameters=trainable_parameters(shape, spec),
-        batch_size=t.batch_size,
+        batch_size=asked.training.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         peak_tokens=peak_batch(spec, not where.cpu_only, longest, p95).tokens,
         memory=MemoryPublic.of(on_cpu if where.cpu_only else on_gpu),
@@ -159,9 +179,15 @@ def _evaluate(shape: ModelShape, spec: JobSpec, report: ValidationReport, where:
 
 
 def _on(
-    gpu: GpuClass, mem: Memory, shape: ModelShape, spec: JobSpec, typical: Batch, micro_batches: int | None
+    gpu: GpuClass,
+    mem: Memory,
+    shape: ModelShape,
+    spec: JobSpec,
+    typical: Batch,
+    micro_batches: int | None,
+    factor: float = 1.0,
 ) -> GpuEstimate:
-    seconds = seconds_per_micro_batch(shape, spec, typical, gpu)
+    seconds = seconds_per_micro_batch(shape, spec, typical, gpu) * factor
     duration = round(micro_batches * seconds, 2) if micro_batches else None
     free = None if gpu.memory_bytes is None else round((gpu.memory_bytes - mem.peak) / GIB, 2)
     return GpuEstimate(

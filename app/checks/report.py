@@ -24,6 +24,22 @@ class ExamplePreview(BaseModel):
     truncated: bool
 
 
+class AnswerPreview(BaseModel):
+    text: str
+    tokens: int
+
+
+class PreferencePreview(BaseModel):
+    row: int = Field(description="Which dataset row this is, counting from 1.")
+    prompt: str = Field(description="The prompt as the model reads it (through the chat template).")
+    prompt_tokens: int
+    chosen: AnswerPreview | None = Field(None, description="The preferred answer (pairs).")
+    rejected: AnswerPreview | None = Field(None, description="The other answer (pairs).")
+    completion: AnswerPreview | None = Field(None, description="The answer (labelled data).")
+    label: bool | None = Field(None, description="Labelled data: true a good answer, false a bad one.")
+    truncated: bool = Field(description="Prompt + answer is longer than training.max_seq_length and loses its end.")
+
+
 class TokenLengths(BaseModel):
     min: int
     p50: int
@@ -36,6 +52,10 @@ class ValidationReport(BaseModel):
     problems: list[Problem] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list, description="Worth knowing, but the job can run.")
     examples: list[ExamplePreview] = Field(default_factory=list)
+    pairs: list[PreferencePreview] = Field(
+        default_factory=list,
+        description="Preference data: the first examples' prompt and answers with their token counts.",
+    )
     token_lengths: TokenLengths | None = None
     truncated: int | None = Field(None, description="Training examples longer than max_seq_length.")
     dropped: int | None = Field(None, description="Examples left with no trained token after truncation.")

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from app.checks import estimate as estimate_service
 from app.checks.classification import check_classification
 from app.checks.data import DataSource, Problem, ValidationReport, check_data
+from app.checks.init_from import check_init_from
 from app.checks.tokenization import ModelTokenizer, load_tokenizer
 from app.core.config import settings
 from app.core.errors import DomainError, Invalid, NotFound
@@ -92,6 +93,7 @@ def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> Validatio
     """Every check POST /jobs runs, as a report (nothing is queued)."""
     report = estimate_service.EstimatedReport(ok=False)
     _check_base_model(spec.base_model, report)
+    check_init_from(session, caller, spec, report)
     train = _source(session, caller, "dataset", spec.dataset, report)
     evals = None
     if spec.validation_dataset is not None:

@@ -93,7 +93,7 @@ def choose_chat_template(fmt: Any, base_model: str, model_template: str | None) 
 
     The worker calls this too, so a job trains with the template its validation showed. ValueError: an unknown name.
     """
-    if not isinstance(fmt, CONVERSATIONAL):
+    if not isinstance(fmt, CONVERSATIONAL) and fmt.type not in ("preference", "unpaired_preference"):
         return TemplateChoice(None)
     choice = TemplateChoice(resolve_template(fmt.chat_template) or model_template)
     if choice.template is None and isinstance(fmt, AlpacaFormat):

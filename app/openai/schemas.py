@@ -48,12 +48,24 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised ones and `beta`."""
+
+    beta: auto_or(float, 0, 100) = Field("auto", description="DPO's beta (0.1 unless the spec says otherwise).")
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
-    """Only `supervised` trains here; `dpo` and `reinforcement` are refused with a 400."""
+    """`supervised` and `dpo` train here; `reinforcement` is refused with a 400."""
 
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -62,11 +74,16 @@ class FineTuningJobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="The base model: a Hugging Face Hub id or a directory in FT_MODELS_DIR.")
+    model: str = Field(
+        description="The base model (a Hugging Face Hub id or a directory in FT_MODELS_DIR), or one of your "
+        "`fine_tuned_model` names (a checkpoint's too): the job continues from that model's adapter."
+    )
     training_file: str = Field(description="A file id from POST /v1/files (the same ids as /datasets).")
     validation_file: str | None = Field(None, description="A file id whose rows give the validation loss.")
     hyperparameters: Hyperparameters | None = Field(None, description="Deprecated by OpenAI in favour of `method`.")
-    method: Method | None = Field(None, description="`{type: supervised, supervised: {hyperparameters}}`.")
+    method: Method | None = Field(
+        None, description="`{type: supervised, supervised: {...}}` or `{type: dpo, dpo: {hyperparameters}}`."
+    )
     suffix: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="Added to `fine_tuned_model`; the job's name."
     )

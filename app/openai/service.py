@@ -113,12 +113,31 @@ def create_job(
     validation_columns = None
     if request.validation_file is not None:
         validation_columns = _file_columns(session, caller, request.validation_file, "validation_file")
-    spec = build_spec(request, training_columns, validation_columns, settings.openai_spec_defaults)
+    parent = fine_tuned_parent(session, caller, request.model)
+    spec = build_spec(request, training_columns, validation_columns, settings.openai_spec_defaults, parent)
     try:
         return jobs_service.create_job(session, caller, spec, idempotency_key)
     except Invalid as exc:  # the data checks name spec fields and rows; OpenAI's `param` names request fields
         exc.extra.setdefault("param", request_param(exc.extra.get("problems") or []))
         raise
+
+
+CHECKPOINT_SUFFIX = re.compile(r":ckpt-step-(\d+)$")
+
+
+def fine_tuned_parent(session: Session, caller: Caller, model: str) -> tuple[str, str, int | None] | None:
+    """(base model, job id, checkpoint step) for a `fine_tuned_model` name (`ft:...:<job id>[:ckpt-step-N]`)."""
+    if not model.startswith("ft:"):
+        return None
+    step = None
+    if found := CHECKPOINT_SUFFIX.search(model):
+        step, model = int(found.group(1)), model[: found.start()]
+    job_id = model.rsplit(":", 1)[-1]
+    try:
+        job = jobs_service.get_job(session, caller, job_id)
+    except NotFound:
+        raise invalid(f"no fine-tuned model {model!r}: list yours with GET /v1/fine_tuning/jobs", "model") from None
+    return job.spec["base_model"], job.id, step
 
 
 def request_param(problems: list[dict[str, Any]]) -> str | None:
@@ -180,6 +199,15 @@ def fine_tuned_model_name(job: Job) -> str:
     return ":".join(["ft", *(NAME_UNSAFE.sub("-", p) for p in parts), job.id])
 
 
+def _method_object(spec: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The job's method as OpenAI shows it; other preference methods (kto, orpo, simpo) read as their own type."""
+    method = spec.get("method") or {"type": "sft"}
+    if method["type"] == "sft":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    extra = {k: v for k, v in method.items() if k != "type"}
+    return {"type": method["type"], method["type"]: {"hyperparameters": {**hyperparameters, **extra}}}
+
+
 def job_object(job: Job, tokens: dict[str, int] | None = None) -> FineTuningJobObject:
     """Any job (made at /v1 or at /jobs) as OpenAI's `fine_tuning.job`."""
     spec = job.spec
@@ -202,7 +230,7 @@ def job_object(job: Job, tokens: dict[str, int] | None = None) -> FineTuningJobO
         training_file=_file_ref(spec["dataset"]) or "",
         validation_file=_file_ref(spec.get("validation_dataset")),
         hyperparameters=JobHyperparameters(**hyperparameters),
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        method=_method_object(spec, hyperparameters),
         seed=(spec.get("training") or {}).get("seed", Training.model_fields["seed"].default),
         trained_tokens=(tokens or {}).get(job.id),
         error=error,

@@ -16,7 +16,10 @@ from app.spec.job import JobSpec, Training
 METADATA_PREFIX = "ft."
 # Spec fields that come from the request's own fields; an override would make the job lie about them.
 REQUEST_FIELDS = {"base_model": "model", "dataset": "training_file", "validation_dataset": "validation_file"}
-EXPECTED_SHAPES = 'chat lines `{"messages": [...]}` or prompt/completion lines `{"prompt": ..., "completion": ...}`'
+EXPECTED_SHAPES = (
+    'chat lines `{"messages": [...]}`, prompt/completion lines `{"prompt": ..., "completion": ...}` or, for DPO, '
+    '`{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`'
+)
 
 
 def invalid(message: str, param: str | None) -> Invalid:
@@ -60,7 +63,9 @@ def metadata_overrides(metadata: dict[str, str] | None) -> dict[str, Any]:
 
 
 def detect_format(columns: list[str], file_id: str, param: str) -> dict[str, Any]:
-    """OpenAI's two supervised shapes: chat (`messages`) and prompt/completion."""
+    """OpenAI's two supervised shapes, chat (`messages`) and prompt/completion, and its DPO shape."""
+    if "preferred_output" in columns or ("chosen" in columns and "rejected" in columns):
+        return {"type": "preference"}
     if "messages" in columns:
         return {"type": "chat", "field": "messages"}
     if "prompt" in columns and "completion" in columns:
@@ -75,10 +80,13 @@ def detect_format(columns: list[str], file_id: str, param: str) -> dict[str, Any
 def requested_hyperparameters(request: FineTuningJobCreate) -> Hyperparameters:
     """`method.supervised.hyperparameters` over the deprecated top-level `hyperparameters`, field by field."""
     method = request.method
-    if method is not None and method.type != "supervised":
-        raise invalid(f"method.type {method.type!r} is not supported here; use `supervised`", "method.type")
+    if method is not None and method.type == "reinforcement":
+        raise invalid("method.type 'reinforcement' is not supported here; use `supervised` or `dpo`", "method.type")
     legacy = request.hyperparameters or Hyperparameters()
-    current = method.supervised.hyperparameters if method and method.supervised else None
+    if method is not None and method.type == "dpo":
+        current: Hyperparameters | None = method.dpo.hyperparameters if method.dpo else None
+    else:
+        current = method.supervised.hyperparameters if method and method.supervised else None
     if current is None:
         return legacy
     return legacy.model_copy(update=current.model_dump(exclude_unset=True))
@@ -116,6 +124,11 @@ def _files_format(
     request: FineTuningJobCreate, training_columns: list[str], validation_columns: list[str] | None
 ) -> dict[str, Any]:
     shape = detect_format(training_columns, request.training_file, "training_file")
+    dpo = request.method is not None and request.method.type == "dpo"
+    if dpo != (shape["type"] == "preference"):
+        wanted = "DPO lines `{input, preferred_output, non_preferred_output}`" if dpo else "supervised data"
+        message = f"training_file {request.training_file} is {shape['type']} data; method {_method(request)['type']} "
+        raise invalid(message + f"needs {wanted}", "training_file")
     if validation_columns is not None:
         other = detect_format(validation_columns, request.validation_file or "", "validation_file")
         if other["type"] != shape["type"]:
@@ -124,24 +137,39 @@ def _files_format(
     return shape
 
 
+def _method(request: FineTuningJobCreate) -> dict[str, Any]:
+    if request.method is None or request.method.type != "dpo":
+        return {"type": "sft"}
+    hp = request.method.dpo.hyperparameters if request.method.dpo else None
+    beta = getattr(hp, "beta", "auto")
+    return {"type": "dpo", **({} if beta == "auto" else {"beta": beta})}
+
+
 def build_spec(
     request: FineTuningJobCreate,
     training_columns: list[str],
     validation_columns: list[str] | None,
     defaults: dict[str, Any],
+    parent: tuple[str, str, int | None] | None = None,
 ) -> JobSpec:
-    """The job spec for an OpenAI request, given the columns of its files and the deployment's defaults."""
+    """The job spec for an OpenAI request, given the columns of its files and the deployment's defaults.
+
+    `parent`: (base model, job id, checkpoint step) when `model` names a fine-tuned model: the job continues from it.
+    """
     if request.integrations:
         raise invalid("integrations are not supported by this service; leave them out", "integrations")
     overrides = _overrides(request)
     mapped: dict[str, Any] = {
         "name": request.suffix,
-        "base_model": request.model,
+        "base_model": parent[0] if parent else request.model,
+        "method": _method(request),
         "dataset": request.training_file,
         "validation_dataset": request.validation_file,
         "training": _training_fields(request, base_learning_rate(defaults)),
         "metadata": request.metadata,
     }
+    if parent is not None:
+        mapped["init_from"] = {"job": parent[1], "checkpoint_step": parent[2]}
     if "format" not in overrides:
         mapped["format"] = _files_format(request, training_columns, validation_columns)
     fixed = {k: v for k, v in defaults.items() if k not in (*REQUEST_FIELDS, "format")}

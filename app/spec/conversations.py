@@ -89,8 +89,10 @@ def _tool_calls(value: Any, row: int, where: str) -> list[dict[str, Any]]:
     return calls
 
 
-def check_messages(messages: Any, row: int, field: str, train_on_inputs: bool = False) -> list[dict[str, Any]]:
-    """OpenAI-style messages, checked and normalised; at least one assistant turn left to train on."""
+def check_messages(
+    messages: Any, row: int, field: str, train_on_inputs: bool = False, need_answer: bool = True
+) -> list[dict[str, Any]]:
+    """OpenAI-style messages, checked and normalised; at least one assistant turn left to train on (`need_answer`)."""
     if not isinstance(messages, list) or not messages:
         raise RowError(row, f"column {field!r} must be a non-empty list of {{role, content}} messages")
     out = []
@@ -123,6 +125,8 @@ def check_messages(messages: Any, row: int, field: str, train_on_inputs: bool = 
             normalised["weight"] = int(weight)
         out.append(normalised)
     assistant = [m for m in out if m["role"] == "assistant"]
+    if not need_answer:
+        return out
     if not assistant:
         raise RowError(row, "no assistant message to train on")
     if not train_on_inputs and all(m.get("weight", 1) == 0 for m in assistant):

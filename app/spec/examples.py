@@ -18,6 +18,7 @@ from app.spec.formats import (
     TemplateFormat,
     TextFormat,
 )
+from app.spec.preference import PreferenceFormat, UnpairedPreferenceFormat, preference_example, unpaired_example
 
 __all__ = ["CHAT_ROLES", "Example", "RowError", "build_examples", "eval_split_indices", "split_eval", "to_example"]
 
@@ -63,6 +64,10 @@ def to_example(fmt: Any, row: dict[str, Any], row_number: int) -> Example:
         return sharegpt_example(fmt, row, row_number)
     if isinstance(fmt, AlpacaFormat):
         return alpaca_example(fmt, row, row_number)
+    if isinstance(fmt, PreferenceFormat):
+        return preference_example(fmt, row, row_number)
+    if isinstance(fmt, UnpairedPreferenceFormat):
+        return unpaired_example(fmt, row, row_number)
     raise TypeError(f"unsupported format {fmt!r}")
 
 

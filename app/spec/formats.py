@@ -224,15 +224,3 @@ class ClassificationFormat(StrictModel):
 
     def columns(self) -> list[str]:
         return [*template_fields(self.text_template()), self.label]
-
-
-Format = Annotated[
-    TextFormat
-    | TemplateFormat
-    | PromptCompletionFormat
-    | ChatFormat
-    | ShareGPTFormat
-    | AlpacaFormat
-    | ClassificationFormat,
-    Field(discriminator="type"),
-]

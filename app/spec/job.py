@@ -7,9 +7,36 @@ from urllib.parse import urlsplit
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from app.spec.adapter import Adapter, LoraAdapter, adapter_problems
-from app.spec.formats import HUB_ID, Format, HubDataset, StrictModel, TextFormat
+from app.spec.formats import (
+    HUB_ID,
+    AlpacaFormat,
+    ChatFormat,
+    ClassificationFormat,
+    HubDataset,
+    PromptCompletionFormat,
+    ShareGPTFormat,
+    StrictModel,
+    TemplateFormat,
+    TextFormat,
+)
+from app.spec.method import Method, SftMethod, method_problem
+from app.spec.preference import PreferenceFormat, UnpairedPreferenceFormat
 
 LOCAL_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = r"^job_[0-9a-f]{24}$"
+
+Format = Annotated[
+    TextFormat
+    | TemplateFormat
+    | PromptCompletionFormat
+    | ChatFormat
+    | ShareGPTFormat
+    | AlpacaFormat
+    | PreferenceFormat
+    | UnpairedPreferenceFormat
+    | ClassificationFormat,
+    Field(discriminator="type"),
+]
 
 
 class Quantization(StrictModel):
@@ -121,6 +148,15 @@ class Training(StrictModel):
     )
 
 
+class InitFrom(StrictModel):
+    """Start from another job's trained adapter instead of a fresh one: SFT then DPO, or more training on new data."""
+
+    job: str = Field(pattern=JOB_ID, description="A finished job of the same tenant, base model and adapter method.")
+    checkpoint_step: int | None = Field(
+        None, ge=1, description="One of its checkpoints (GET /jobs/{id}/artifacts); null: its final adapter."
+    )
+
+
 class Resources(StrictModel):
     """What one machine must have to run the job; the API routes the job to workers that have it."""
 
@@ -160,6 +196,14 @@ class JobSpec(StrictModel):
         default_factory=LoraAdapter,
         description="The PEFT method: `lora` (default), `dora`, `rslora` (these three use `lora`'s settings), "
         "`ia3`, `prefix_tuning`, `prompt_tuning`, `p_tuning`; see docs/methods.md.",
+    )
+    method: Method = Field(
+        default_factory=SftMethod,
+        description="`sft` (supervised, the default), or preference tuning: `dpo`, `kto`, `orpo`, `simpo`; "
+        "see docs/preference.md.",
+    )
+    init_from: InitFrom | None = Field(
+        None, description="Continue from another job's adapter (or one of its checkpoints); null: a fresh adapter."
     )
     training: Training = Field(default_factory=Training, description="The optimisation loop.")
     resources: Resources = Field(
@@ -233,6 +277,13 @@ class JobSpec(StrictModel):
             raise ValueError(f"training.metric_for_best {self.training.metric_for_best!r} needs task classification")
         if classifying and self.training.packing:
             raise ValueError("training.packing does not apply to classification (one label per text)")
+        return self
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> "JobSpec":
+        t = self.training
+        if problem := method_problem(self.method.type, self.format.type, t.packing, self.adapter.method, t.batch_size):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -222,3 +222,24 @@ def test_a_gptq_base_counts_as_already_quantized(monkeypatch: pytest.MonkeyPatch
     result = report()
     add_estimate(spec(base_model=model_dir("llama-13b-gptq", gptq), quantization=None), result)  # as the API sets it
     assert result.ok and result.estimate.fits and result.estimate.memory.weights_bytes < 8e9  # not 26 GB of bf16
+
+
+def test_preference_jobs_count_two_sequences_per_example_and_the_reference_pass(
+    llama_7b_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "fleet_gpus", "A100-80GB")
+    training = {"batch_size": 4, "max_seq_length": 2048}
+    estimates = {}
+    for method, fmt in [("sft", "chat"), ("dpo", "preference"), ("orpo", "preference")]:
+        job, result = (
+            spec(base_model=llama_7b_dir, training=training, method={"type": method}, format={"type": fmt}),
+            report(),
+        )
+        add_estimate(job, result)
+        estimates[method] = result.estimate
+    sft, dpo, orpo = estimates["sft"], estimates["dpo"], estimates["orpo"]
+    assert dpo.batch_size == sft.batch_size == 4  # the spec's batch, as asked
+    assert dpo.memory.peak_bytes > sft.memory.peak_bytes and dpo.peak_tokens == 2 * sft.peak_tokens
+    assert dpo.duration_seconds == pytest.approx(orpo.duration_seconds * 4 / 3, rel=0.01)  # DPO's reference pass
+    assert orpo.duration_seconds > sft.duration_seconds
+    assert any("two sequences per example" in n and "reference forward" in n for n in dpo.notes)

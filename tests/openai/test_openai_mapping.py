@@ -82,8 +82,15 @@ def test_method_hyperparameters_win_over_the_deprecated_top_level_ones() -> None
     spec = build_spec(request(hyperparameters={"n_epochs": 2, "batch_size": 8}, method=method), CHAT, None, {})
     assert (spec.training.epochs, spec.training.batch_size) == (5, 8)
     with pytest.raises(Invalid) as excinfo:
-        build_spec(request(method={"type": "dpo"}), CHAT, None, {})
+        build_spec(request(method={"type": "reinforcement"}), CHAT, None, {})
     assert param_of(excinfo) == "method.type"
+    with pytest.raises(Invalid, match="method dpo needs DPO lines") as excinfo:
+        build_spec(request(method={"type": "dpo"}), CHAT, None, {})
+    assert param_of(excinfo) == "training_file"
+    pairs = ["input", "preferred_output", "non_preferred_output"]
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3, "n_epochs": 2}}}
+    spec = build_spec(request(method=dpo), pairs, None, {})
+    assert (spec.method.type, spec.method.beta, spec.format.type, spec.training.epochs) == ("dpo", 0.3, "preference", 2)
 
 
 def test_deployment_defaults_set_the_base_learning_rate_and_our_own_choices() -> None:

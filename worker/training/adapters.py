@@ -4,6 +4,7 @@ One builder per method, chosen by `spec.adapter.method`; the LoRA family reads `
 which budget, measured: docs/methods.md.
 """
 
+from pathlib import Path
 from typing import Any
 
 from peft import (
@@ -101,8 +102,11 @@ def peft_config(spec: JobSpec, model: Any) -> PeftConfig:
     return _p_tuning(adapter)
 
 
-def add_adapter(model: Any, spec: JobSpec) -> PeftModel:
-    """The frozen base with the spec's adapter on it, ready to train."""
+def add_adapter(model: Any, spec: JobSpec, init_adapter: Path | None = None) -> PeftModel:
+    """The frozen base with the spec's adapter on it, ready to train; with `init_adapter` (`init_from`), an earlier
+    job's trained adapter, trainable again (its own saved PEFT config applies)."""
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     try:
         return get_peft_model(model, peft_config(spec, model))
     except ValueError as exc:

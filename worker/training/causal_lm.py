@@ -70,8 +70,10 @@ def run(
     report: Report | None = None,
     validation_path: Path | None = None,
     resume_from: Path | None = None,
+    init_adapter: Path | None = None,
 ) -> TrainingResult:
-    """Fine-tune `spec.base_model` on the dataset's examples and save the adapter under out_dir/adapter."""
+    """Fine-tune `spec.base_model` on the dataset's examples and save the adapter under out_dir/adapter
+    (a fresh adapter, or `init_adapter`'s trained on further)."""
     report = report or LogReport()
     started = time.monotonic()
     torch.manual_seed(spec.training.seed)
@@ -89,7 +91,8 @@ def run(
     fast = speed.plan(spec.training, modelling.device_type())
     for message in fast.warnings:
         report.warning(message)
-    peft_model = adapters.add_adapter(modelling.load_model(spec, fast.attn_implementation), spec)
+    base = modelling.load_model(spec, fast.attn_implementation)
+    peft_model = adapters.add_adapter(base, spec, init_adapter)
     speed.use_cpu_kernels(peft_model, fast)
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)

@@ -53,6 +53,11 @@ class LogReport:
         log.info("checkpoint at step %s: %s", step, path)
 
 
+# What preference trainers log beside the loss: rewards/chosen, rewards/rejected, rewards/margins,
+# rewards/accuracies, logps/chosen, logps/rejected, logits/..., kl (KTO).
+PREFERENCE_METRICS = ("rewards/", "logps/", "logits/", "kl")
+
+
 def _peak_gpu_memory() -> dict[str, float]:
     """`peak_memory_mb` (the most GPU memory tensors have held so far) on a GPU; nothing on the CPU."""
     if not torch.cuda.is_available():
@@ -140,6 +145,7 @@ class ProgressCallback(TrainerCallback):
                 "num_tokens": tokens or None,
                 "eta_seconds": round(eta, 1) if eta is not None else None,
                 "mean_token_accuracy": _finite(logs.get("mean_token_accuracy")),
+                **{k: _finite(v) for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)},
                 **_peak_gpu_memory(),
             }
         )

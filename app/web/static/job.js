@@ -5,7 +5,9 @@
 import { LineChart, formatNumber } from "./chart.js";
 import { TERMINAL, badge, bytes, errorBox, eta, h, progressBar, when } from "./dom.js";
 
-const COLORS = { loss: "#2563eb", eval: "#ea580c", lr: "#7c3aed", tps: "#059669" };
+const COLORS = { loss: "#2563eb", eval: "#ea580c", lr: "#7c3aed", tps: "#059669", margin: "#db2777", accuracy: "#0891b2" };
+const MARGIN = "rewards/margins";
+const ACCURACY = "rewards/accuracies";
 
 function stat(label, id) {
   return h("div", { class: "stat" }, h("div", { class: "stat-label" }, label), h("div", { class: "stat-value", id }, "–"));
@@ -27,11 +29,25 @@ export function jobView(view, api, jobId, onUnauthorized) {
   const loss = chartFigure("loss-chart", "Loss", [["train", COLORS.loss], ["eval", COLORS.eval]]);
   const lr = chartFigure("lr-chart", "Learning rate", [["lr", COLORS.lr]]);
   const tps = chartFigure("tps-chart", "Tokens / s", [["tokens/s", COLORS.tps]]);
+  // Preference jobs (DPO, KTO, ORPO, SimPO): the reward margin while training, the reward accuracy at each eval.
+  const rewards = chartFigure("reward-chart", "Rewards", [["margin (train)", COLORS.margin], ["accuracy (eval)", COLORS.accuracy]]);
+  rewards.figure.hidden = true;
   const charts = {
     loss: new LineChart(loss.canvas, { series: [{ name: "train", color: COLORS.loss }, { name: "eval", color: COLORS.eval, dots: true }] }),
     lr: new LineChart(lr.canvas, { series: [{ name: "lr", color: COLORS.lr }], yFormat: (v) => v.toExponential(2) }),
     tps: new LineChart(tps.canvas, { series: [{ name: "tokens/s", color: COLORS.tps }] }),
+    rewards: new LineChart(rewards.canvas, {
+      series: [{ name: "margin", color: COLORS.margin }, { name: "accuracy", color: COLORS.accuracy, dots: true }],
+    }),
   };
+  function addRewards(train, evals) {
+    const margins = train.filter((p) => p[MARGIN] != null).map((p) => ({ x: p.step, y: p[MARGIN] }));
+    const accuracies = evals.filter((p) => p[ACCURACY] != null).map((p) => ({ x: p.step, y: p[ACCURACY] }));
+    if (!margins.length && !accuracies.length) return;
+    rewards.figure.hidden = false;
+    if (margins.length) charts.rewards.addPoints(0, margins);
+    if (accuracies.length) charts.rewards.addPoints(1, accuracies);
+  }
 
   const title = h("h1", { id: "job-title" }, jobId);
   const statusSlot = h("span", { id: "job-status" });
@@ -79,6 +95,7 @@ export function jobView(view, api, jobId, onUnauthorized) {
     charts.loss.addPoints(0, fresh.map((p) => ({ x: p.step, y: p.loss })));
     charts.lr.addPoints(0, fresh.map((p) => ({ x: p.step, y: p.learning_rate })));
     charts.tps.addPoints(0, fresh.map((p) => ({ x: p.step, y: p.tokens_per_second })));
+    addRewards(fresh, []);
     const latest = fresh[fresh.length - 1];
     document.getElementById("stat-tps").textContent = formatNumber(latest.tokens_per_second);
     if (latest.peak_memory_mb) document.getElementById("stat-tps").textContent += ` · ${formatNumber(latest.peak_memory_mb)} MB peak`;
@@ -110,6 +127,7 @@ export function jobView(view, api, jobId, onUnauthorized) {
       renderJob();
     } else if (event.event === "eval") {
       charts.loss.addPoints(1, [{ x: data.step, y: data.eval_loss }]);
+      addRewards([], [data]);
       logEvent(`eval at step ${data.step}: eval_loss ${formatNumber(data.eval_loss)}`);
     } else if (event.event === "status") {
       logEvent(`status ${data.status}${data.reason ? ` (${data.reason})` : ""}${data.error ? `: ${data.error.message}` : ""}`, data.error ? "error" : "info");
@@ -162,7 +180,7 @@ export function jobView(view, api, jobId, onUnauthorized) {
       message, errorSlot, progressSlot,
       h("div", { class: "stats" }, stat("ETA", "stat-eta"), stat("Loss", "stat-loss"), stat("Eval loss", "stat-eval"), stat("Learning rate", "stat-lr"),
         stat("Tokens / s", "stat-tps"), stat("Trainable / total params", "stat-params"), stat("Duration", "stat-duration")),
-      h("div", { class: "charts" }, loss.figure, lr.figure, tps.figure),
+      h("div", { class: "charts" }, loss.figure, lr.figure, tps.figure, rewards.figure),
       h("div", { class: "columns" },
         h("div", { class: "card" }, h("h2", {}, "Artifacts"), artifactList),
         h("div", { class: "card" }, h("h2", {}, "Events"), eventLog)),
@@ -178,6 +196,7 @@ export function jobView(view, api, jobId, onUnauthorized) {
       await refreshJob();
       addTrain(curve.body.train);
       charts.loss.setPoints(1, curve.body.eval.map((p) => ({ x: p.step, y: p.eval_loss })));
+      addRewards([], curve.body.eval);
       await refreshArtifacts();
       await follow();
     } catch (err) {
