@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Playwright): sign in, upload a dataset,
 submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +143,33 @@ def test_the_page_is_served_without_a_key_but_data_needs_one(stack: Stack) -> No
         assert 'src="/ui/app.js"' in page.text and "http" not in page.text.split("<body>")[0], "no CDN"
         assert anonymous.get("/ui/chart.js").status_code == 200
         assert anonymous.get("/jobs").status_code == 401
+
+
+def test_a_preference_job_shows_its_reward_curves(stack: Stack, page: Page) -> None:
+    pairs = [
+        {"prompt": f"Review: {text} Sentiment:", "chosen": f" {good}", "rejected": f" {bad}"}
+        for text, good, bad in [("Wonderful.", "positive", "negative"), ("Awful.", "negative", "positive")] * 4
+    ]
+    dataset = stack.upload("pairs.jsonl", "\n".join(json.dumps(p) for p in pairs).encode())
+    spec = {
+        "base_model": "tiny-llama",
+        "dataset": dataset["id"],
+        "format": {"type": "preference"},
+        "method": {"type": "dpo"},
+        "quantization": None,
+        "training": {
+            "max_steps": 4,
+            "batch_size": 2,
+            "eval_fraction": 0.25,
+            "eval_every_steps": 2,
+            "optimizer": "adamw_torch",
+        },
+    }
+    created = stack.client.post("/jobs", json=spec)
+    assert created.status_code == 201, created.text
+    assert stack.wait(created.json()["id"])["status"] == "succeeded"
+    sign_in(page, stack)
+    page.goto(f"{stack.local.base_url}/#/jobs/{created.json()['id']}")
+    expect(page.locator("#reward-chart")).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    page.wait_for_function("Number(document.querySelector('#reward-chart').dataset.points) >= 4")
+    expect(page.locator("#loss-chart")).to_be_visible()
