@@ -136,29 +136,40 @@ def test_jobs_are_shared_with_the_jobs_api_and_cancel_both_ways(stack: Stack, sd
             "training": {"max_steps": 5000, "learning_rate": 1e-3, "batch_size": 2},
         },
     ).json()
-    mapped = sdk.fine_tuning.jobs.retrieve(ours["id"])  # a /jobs job, seen through the SDK
-    assert (mapped.model, mapped.training_file) == ("tiny-llama", quotes["id"]) and mapped.status in (
-        "queued",
-        "running",
-    )
-    assert mapped.hyperparameters.model_dump() == {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 5}
-    assert ours["id"] in [j.id for j in sdk.fine_tuning.jobs.list(limit=100).data]
+    theirs = None
+    try:  # both jobs train for 5000 steps: however the checks below end, neither may hold the worker after
+        mapped = sdk.fine_tuning.jobs.retrieve(ours["id"])  # a /jobs job, seen through the SDK
+        assert (mapped.model, mapped.training_file) == ("tiny-llama", quotes["id"]) and mapped.status in (
+            "queued",
+            "running",
+        )
+        assert mapped.hyperparameters.model_dump() == {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 5}
+        assert ours["id"] in [j.id for j in sdk.fine_tuning.jobs.list(limit=100).data]
 
-    rows = [{"prompt": f"{quote} ->:", "completion": f" {', '.join(tags)}"} for quote, tags in QUOTES]
-    file = sdk.files.create(file=("pc.jsonl", jsonl(rows)), purpose="fine-tune")
-    theirs = sdk.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=file.id, metadata={"ft.training.max_steps": "5000"}
-    )
-    spec = stack.client.get(f"/jobs/{theirs.id}").json()["spec"]  # a /v1 job, seen at /jobs
-    assert spec["format"] == {"type": "prompt_completion", "prompt": "{prompt}", "completion": "{completion}"}
-    assert spec["training"]["max_steps"] == 5000 and spec["quantization"]["bits"] == 4  # QLoRA by default
-    assert theirs.id in [j["id"] for j in stack.client.get("/jobs").json()["data"]]
+        rows = [{"prompt": f"{quote} ->:", "completion": f" {', '.join(tags)}"} for quote, tags in QUOTES]
+        file = sdk.files.create(file=("pc.jsonl", jsonl(rows)), purpose="fine-tune")
+        theirs = sdk.fine_tuning.jobs.create(
+            model="tiny-llama", training_file=file.id, metadata={"ft.training.max_steps": "5000"}
+        )
+        spec = stack.client.get(f"/jobs/{theirs.id}").json()["spec"]  # a /v1 job, seen at /jobs
+        assert spec["format"] == {
+            "type": "prompt_completion",
+            "prompt": "{prompt}",
+            "completion": "{completion}",
+            "train_on_inputs": False,
+        }
+        assert spec["training"]["max_steps"] == 5000 and spec["quantization"]["bits"] == 4  # QLoRA by default
+        assert theirs.id in [j["id"] for j in stack.client.get("/jobs").json()["data"]]
 
-    wait_until(sdk, ours["id"], lambda j: j.status == "running")  # cancel a running job through the SDK
-    assert sdk.fine_tuning.jobs.cancel(ours["id"]).status in ("running", "cancelled")
-    assert stack.wait(ours["id"])["status"] == "cancelled"
-    assert stack.client.post(f"/jobs/{theirs.id}/cancel").status_code == 200  # and a /v1 job through /jobs
-    assert wait_until(sdk, theirs.id, lambda j: j.status in OPENAI_TERMINAL).status == "cancelled"
+        wait_until(sdk, ours["id"], lambda j: j.status == "running")  # cancel a running job through the SDK
+        assert sdk.fine_tuning.jobs.cancel(ours["id"]).status in ("running", "cancelled")
+        assert stack.wait(ours["id"])["status"] == "cancelled"
+        assert stack.client.post(f"/jobs/{theirs.id}/cancel").status_code == 200  # and a /v1 job through /jobs
+        assert wait_until(sdk, theirs.id, lambda j: j.status in OPENAI_TERMINAL).status == "cancelled"
+    finally:
+        for job_id in (ours["id"], theirs.id if theirs else None):
+            if job_id:
+                stack.client.post(f"/jobs/{job_id}/cancel")
 
     events = sdk.fine_tuning.jobs.list_events(theirs.id).data
     assert events[0].message == "The job was cancelled" and events[-1].message.startswith("Created fine-tuning job")

@@ -101,6 +101,7 @@ def run(
         report.warning(message)
     fast = speed.plan(spec.training, modelling.device_type())
     peft_model = _model(spec, init_adapter, fast)
+    speed.use_cpu_kernels(peft_model, fast)  # the lean LM head serves the preference trainers' fused log-probs too
     trainable, total = modelling.count_parameters(peft_model)
     report.parameters(trainable, total)
 
