@@ -212,7 +212,10 @@ def test_the_openai_sdk_trains_tool_calls_and_weights_on_a_base_model_with_chatm
         model="tiny-base",
         training_file=train.id,
         extra_body={
-            "spec_overrides": {"format": {"type": "chat", "chat_template": "chatml"}, "training": {"max_steps": 2}}
+            "spec_overrides": {
+                "format": {"type": "chat", "chat_template": "chatml"},
+                "training": {"max_steps": 2, "max_seq_length": 2048},  # a tiny vocabulary: long sequences
+            }
         },
     )
     done = stack.wait(job.id)

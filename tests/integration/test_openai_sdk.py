@@ -196,7 +196,7 @@ def test_errors_are_typed_sdk_exceptions(stack: Stack, sdk: openai.OpenAI) -> No
     bad_requests = {
         "training_file": {"training_file": "ds_000000000000000000000000"},
         "model": {"model": "https://evil.example/model"},
-        "method.type": {"method": {"type": "dpo"}},
+        "method.type": {"method": {"type": "reinforcement"}},
         "hyperparameters.n_epochs": {"hyperparameters": {"n_epochs": 0}},
         "lora.rank": {"extra_body": {"spec_overrides": {"lora": {"rank": 8}}}},
     }
@@ -207,6 +207,9 @@ def test_errors_are_typed_sdk_exceptions(stack: Stack, sdk: openai.OpenAI) -> No
     with pytest.raises(openai.BadRequestError) as excinfo:
         sdk.fine_tuning.jobs.create(model="tiny-llama", training_file=quotes.id)
     assert excinfo.value.param == "training_file" and "messages" in excinfo.value.message
+    with pytest.raises(openai.BadRequestError) as excinfo:  # DPO on chat data: the file is at fault
+        sdk.fine_tuning.jobs.create(model="tiny-llama", training_file=chat.id, method={"type": "dpo"})
+    assert excinfo.value.param == "training_file" and "needs DPO lines" in excinfo.value.message
     no_answer = sdk.files.create(
         file=("no-answer.jsonl", jsonl([{"messages": [{"role": "user", "content": "Hello?"}]}])), purpose="fine-tune"
     )
