@@ -94,8 +94,8 @@ def test_method_trains_saves_and_reloads(
     built: dict[str, Any] = {}
     add_adapter = adapters.add_adapter
 
-    def spy(model: Any, spec: JobSpec) -> PeftModel:
-        peft_model = add_adapter(model, spec)
+    def spy(model: Any, spec: JobSpec, init_adapter: Any = None) -> PeftModel:
+        peft_model = add_adapter(model, spec, init_adapter)
         built["model"] = peft_model
         built["before"] = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
         return peft_model

