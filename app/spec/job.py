@@ -282,7 +282,9 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _method_fits(self) -> "JobSpec":
         t = self.training
-        if problem := method_problem(self.method.type, self.format.type, t.packing, self.adapter.method, t.batch_size):
+        sft_only = [f"training.{name}" for name in ("load_best", "evaluate_base") if getattr(t, name)]
+        m = self.method.type
+        if problem := method_problem(m, self.format.type, t.packing, self.adapter.method, t.batch_size, sft_only):
             raise ValueError(problem)
         return self
 

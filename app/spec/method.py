@@ -64,8 +64,11 @@ PAIRED = ("dpo", "orpo", "simpo")  # methods trained on chosen / rejected pairs
 UNPAIRED = ("kto",)  # methods trained on single answers with a good / bad label
 
 
-def method_problem(method: str, format_type: str, packing: bool, adapter_method: str, batch_size: int) -> str | None:
-    """Why the method cannot train with this format, packing, adapter or batch size; None when it can."""
+def method_problem(
+    method: str, format_type: str, packing: bool, adapter_method: str, batch_size: int, sft_only: list[str]
+) -> str | None:
+    """Why the method cannot train with this format, packing, adapter, batch size or SFT-only settings (`sft_only`:
+    the training fields set that only supervised jobs use); None when it can."""
     if method in PAIRED and format_type != "preference":
         return f'method {method!r} trains on pairs: use format {{"type": "preference"}}'
     if method in UNPAIRED and format_type != "unpaired_preference":
@@ -76,6 +79,8 @@ def method_problem(method: str, format_type: str, packing: bool, adapter_method:
         return f"training.packing does not apply to method {method!r}"
     if method != "sft" and adapter_method not in ("lora", "dora", "rslora"):
         return f"method {method!r} trains LoRA-family adapters (lora, dora, rslora)"
+    if method != "sft" and sft_only:
+        return f"{', '.join(sft_only)} apply to method sft only: leave them off for {method!r}"
     if method == "kto" and batch_size < 2:
         return "method 'kto' needs training.batch_size of 2 or more (its KL term pairs answers within a batch)"
     return None

@@ -85,6 +85,13 @@ def test_methods_go_with_their_data() -> None:
             spec(method, fmt)
 
 
+def test_sft_only_settings_and_kto_batches_of_one_are_refused() -> None:
+    with pytest.raises(ValidationError, match="needs training.batch_size of 2 or more"):
+        spec({"type": "kto"}, {"type": "unpaired_preference"}, training={"batch_size": 1})
+    with pytest.raises(ValidationError, match="training.load_best apply to method sft only"):
+        spec({"type": "dpo"}, {"type": "preference"}, training={"load_best": True, "eval_fraction": 0.2})
+
+
 def test_init_from_names_a_job() -> None:
     parent = "job_" + "0" * 24
     assert spec({"type": "dpo"}, {"type": "preference"}, init_from={"job": parent}).init_from.job == parent
