@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_MODEL = "tiny-llama"
 TINY_QWEN = "tiny-qwen"
+TINY_BASE = "tiny-base"
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,17 @@ def tiny_qwen() -> Path:
     path = MODELS_DIR / TINY_QWEN
     if not (path / "config.json").exists():
         make_tiny_model(path, chat_template="qwen2.5")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> Path:
+    """The tiny model with no chat template at all, as most base checkpoints (`make-tiny --chat-template none`)."""
+    from worker.training.tiny import make_tiny_model
+
+    path = MODELS_DIR / TINY_BASE
+    if not (path / "config.json").exists():
+        make_tiny_model(path, chat_template=None)
     return path
 
 

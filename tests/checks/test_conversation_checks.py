@@ -7,18 +7,6 @@ import pytest
 
 from app.core.config import settings
 from tests.checks.test_formats import check, spec
-from tests.conftest import MODELS_DIR
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tiny_model: Path) -> Path:
-    from worker.training.tiny import make_tiny_model
-
-    path = MODELS_DIR / "tiny-base"
-    if not (path / "config.json").exists():
-        make_tiny_model(path, chat_template=None)
-    return path
-
 
 SHAREGPT = [
     {

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODELS_DIR
 from tests.integration.conftest import ONE_DATABASE, Stack
 
 pytestmark = ONE_DATABASE
@@ -194,15 +193,11 @@ def test_a_bad_row_is_a_422_naming_the_row_and_the_value_and_nothing_is_stored(s
 
 
 def test_the_openai_sdk_trains_tool_calls_and_weights_on_a_base_model_with_chatml(
-    stack: Stack, tiny_qwen: Path
+    stack: Stack, tiny_base: Path
 ) -> None:
     """OpenAI's own chat format, every field of it, through /v1 on a model with no chat template of its own."""
     import openai
 
-    from worker.training.tiny import make_tiny_model
-
-    if not (MODELS_DIR / "tiny-base" / "config.json").exists():
-        make_tiny_model(MODELS_DIR / "tiny-base", chat_template=None)
     sdk = openai.OpenAI(base_url=stack.local.base_url + "/v1", api_key=stack.key, max_retries=0, timeout=60)
     train = sdk.files.create(file=("tools.jsonl", jsonl(openai_rows())), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as refused:  # no template: said before anything is queued

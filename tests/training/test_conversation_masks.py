@@ -64,17 +64,6 @@ ALPACA = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tiny_model: Path) -> Path:
-    """A tiny base model with no chat template at all."""
-    from worker.training.tiny import make_tiny_model
-
-    path = MODELS_DIR / "tiny-base"
-    if not (path / "config.json").exists():
-        make_tiny_model(path, chat_template=None)
-    return path
-
-
 def trained_text(model_dir: Path, ids: list[int], labels: list[int]) -> list[str]:
     """The trained runs of a batch, decoded."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

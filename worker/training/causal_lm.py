@@ -34,14 +34,7 @@ def _setup_data(
     spec: JobSpec, tokenizer: Any, dataset_path: Path | None, validation_path: Path | None
 ) -> tuple[Dataset, Dataset | None]:
     """The train and eval sets, tokenized with their loss masks (data.tokenized)."""
-    examples = data.build_examples(spec, data.load_rows(spec.dataset, dataset_path))
-    if spec.validation_dataset is not None:
-        train, evals = (
-            examples,
-            data.build_examples(spec, data.load_rows(spec.validation_dataset, validation_path)),
-        )
-    else:
-        train, evals = data.split_eval(examples, spec.training.eval_fraction, spec.training.seed)
+    train, evals = data.train_and_eval_examples(spec, dataset_path, validation_path)
     return data.tokenized(spec, tokenizer, train), (data.tokenized(spec, tokenizer, evals) if evals else None)
 
 

@@ -66,6 +66,16 @@ def build_examples(spec: JobSpec, rows: list[dict[str, Any]]) -> list[Example]:
     return examples
 
 
+def train_and_eval_examples(
+    spec: JobSpec, dataset_path: Path | None, validation_path: Path | None
+) -> tuple[list[Example], list[Example]]:
+    """The job's train and eval examples: the validation dataset's, else a seeded split of the dataset's."""
+    examples = build_examples(spec, load_rows(spec.dataset, dataset_path))
+    if spec.validation_dataset is not None:
+        return examples, build_examples(spec, load_rows(spec.validation_dataset, validation_path))
+    return split_eval(examples, spec.training.eval_fraction, spec.training.seed)
+
+
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """A seeded train/eval split; at least one example on each side."""
     if fraction > 0 and len(examples) < 2:

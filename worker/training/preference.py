@@ -28,20 +28,11 @@ from worker.training.progress import LogReport, ProgressCallback, Report
 from worker.training.result import TrainingResult
 
 
-def _dataset(examples: list[dict[str, Any]]) -> Dataset:
-    return Dataset.from_list(examples)
-
-
 def _setup_data(
     spec: JobSpec, dataset_path: Path | None, validation_path: Path | None
 ) -> tuple[Dataset, Dataset | None]:
-    examples = data.build_examples(spec, data.load_rows(spec.dataset, dataset_path))
-    if spec.validation_dataset is not None:
-        train = examples
-        evals = data.build_examples(spec, data.load_rows(spec.validation_dataset, validation_path))
-    else:
-        train, evals = data.split_eval(examples, spec.training.eval_fraction, spec.training.seed)
-    return _dataset(train), (_dataset(evals) if evals else None)
+    train, evals = data.train_and_eval_examples(spec, dataset_path, validation_path)
+    return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None)
 
 
 def _trainer_classes(spec: JobSpec) -> tuple[Any, Any, dict[str, Any]]:
