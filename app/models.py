@@ -195,3 +195,20 @@ class Evaluation(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TenantSecret(Base):
+    """A secret a tenant's work uses (its webhook signing secret, its Hub token), set by an admin.
+
+    Kept in clear in the database (the service must use them, not only check them): the database is already
+    where everything of a tenant's lives, and docs/security.md tells operators to guard it.
+    """
+
+    __tablename__ = "tenant_secrets"
+    __table_args__ = (UniqueConstraint("tenant", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

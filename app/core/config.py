@@ -19,6 +19,12 @@ TENANT_LIMIT_NAMES = (
     "max_lora_rank",
     "submit_rate_per_minute",
     "upload_rate_per_minute",
+    "inference_rate_per_minute",
+    "max_concurrent_calls",
+    "max_event_streams",
+    "max_artifact_storage_bytes",
+    "max_checkpoints_per_job",
+    "max_priority",
 )
 
 
@@ -62,6 +68,18 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(256, ge=1, description="Largest lora.r accepted.")
     submit_rate_per_minute: int = Field(120, ge=0, description="Job submissions and validations per tenant a minute.")
     upload_rate_per_minute: int = Field(60, ge=0, description="Dataset uploads per tenant a minute.")
+    inference_rate_per_minute: int = Field(
+        120, ge=0, description="Worker calls per tenant a minute: generate, predict, evaluations, exports, chat."
+    )
+    max_concurrent_calls: int = Field(4, ge=0, description="Worker calls one tenant may have waiting at once (429).")
+    max_event_streams: int = Field(8, ge=0, description="Open event streams (SSE) one tenant may hold at once.")
+    max_artifact_storage_bytes: int = Field(
+        50 * 1024**3, ge=0, description="Adapters, checkpoints and exports one tenant's jobs may hold (bytes)."
+    )
+    max_checkpoints_per_job: int = Field(
+        50, ge=1, description="Most packed checkpoints a job's checkpoint_every_steps may ask for (422 above)."
+    )
+    max_priority: int = Field(9, ge=0, le=9, description="Highest job priority a tenant may set (0-9).")
     tenant_limits: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description='Per-tenant overrides of the limits above (JSON), e.g. `{"research": {"max_running_jobs": 8}}`.',
@@ -86,7 +104,48 @@ class Settings(BaseSettings):
     )
     worker_max_tasks_per_child: int = Field(1, description="1: a fresh process per job frees GPU memory.")
     webhook_secret: str | None = Field(
-        None, description="Signs webhooks (X-FT-Signature, HMAC-SHA256); unset: webhooks are sent unsigned."
+        None,
+        description="Signs webhooks of tenants without a secret of their own (X-FT-Signature, HMAC-SHA256); "
+        "unset: those are sent unsigned. Per-tenant secrets: POST /admin/tenants/{tenant}/webhook-secret.",
+    )
+    webhook_max_response_bytes: int = Field(
+        64 * 1024, ge=0, description="Most of a webhook receiver's response body read; the rest is dropped."
+    )
+    webhook_senders: int = Field(4, ge=1, description="Webhook deliveries one API process sends at once.")
+    webhook_senders_per_tenant: int = Field(
+        2, ge=1, description="Of those, how many may go to one tenant's receivers at once."
+    )
+    egress_allow: str = Field(
+        "",
+        description="Comma-separated CIDRs or host names that user-given URLs (webhooks, trackers) may reach "
+        "although they are loopback or private, e.g. `10.1.2.0/24,hooks.internal`; empty: public addresses only.",
+    )
+    template_max_chars: int = Field(64 * 1024, ge=1, description="Longest chat template a spec may carry.")
+    template_render_timeout_s: float = Field(
+        20, gt=0, description="Seconds a request's chat template rendering may take in its sandbox (422 above)."
+    )
+    template_memory_bytes: int = Field(
+        1024 * 1024**2, ge=64 * 1024**2, description="Address-space limit of the chat template sandbox process."
+    )
+    template_max_output_chars: int = Field(
+        1_000_000, ge=1, description="Longest text one rendered conversation may be (422 above)."
+    )
+    stream_max_seconds: float = Field(
+        3600, gt=0, description="An event stream ends after this long; clients resume with Last-Event-ID."
+    )
+    tenant_access: dict[str, dict[str, list[str]]] = Field(
+        default_factory=dict,
+        description='Per-tenant allow-lists (JSON): `{"team": {"hub": ["my-org/*"], "local_models": ["tiny-*"]}}`; '
+        "a tenant without an entry gets FT_HUB_ALLOW and FT_LOCAL_MODELS_ALLOW.",
+    )
+    hub_allow: str = Field("*", description="Hub repos (glob patterns, comma-separated) tenants may use by default.")
+    local_models_allow: str = Field(
+        "*", description="Local models (names under FT_MODELS_DIR, glob patterns) tenants may use by default."
+    )
+    hub_max_api_host_bytes: int = Field(
+        64 * 1024**2,
+        ge=0,
+        description="A Hub dataset split larger than this is fetched by a worker, not on the API host.",
     )
     webhook_max_attempts: int = Field(8, ge=1, description="Tries per webhook before it is dropped.")
     webhook_retry_base_s: float = Field(2.0, gt=0, description="First webhook retry delay; doubles per retry.")

@@ -46,6 +46,12 @@ class TenantLimits:
     max_lora_rank: int
     submit_rate_per_minute: int
     upload_rate_per_minute: int
+    inference_rate_per_minute: int
+    max_concurrent_calls: int
+    max_event_streams: int
+    max_artifact_storage_bytes: int
+    max_checkpoints_per_job: int
+    max_priority: int
 
     def source(self, name: str) -> str:
         """Where an operator changes this limit: the tenant's override, else the process setting."""
