@@ -13,7 +13,7 @@ from app.core.db import SessionLocal, session_scope
 from app.inference.reaper import heartbeat
 from app.models import Export, utcnow
 from app.spec.job import JobSpec
-from worker import record
+from worker import messages, record
 from worker.artifacts import pack_directory
 from worker.training.errors import TrainingError
 from worker.training.merge import merge_adapter
@@ -41,6 +41,10 @@ def _finish(export_id: str, status: str, message: str | None = None) -> None:
 
 def run_export(export_id: str) -> str:
     """Claim a queued export, merge, pack as the `merged` artifact; returns the export's final status."""
+    try:
+        messages.checked_id(export_id, "exp")
+    except messages.Refused as exc:
+        return messages.refuse("export", exc)
     claimed = _claim(export_id)
     if claimed is None:
         return "skipped"  # a redelivered message, or an export already done

@@ -3,6 +3,8 @@
 Predict: a classification job's adapter labels texts. Generate: base and adapter outputs side by side
 (worker/training/generation.py). Both answers go to the call: the API records the call and waits on it
 (app/broker/calls.py, shared with exports). An evaluation is a record of its own (worker/training/evaluation.py).
+Redis is not trusted: a message is checked against its call's record (worker/messages.py), only the caller's texts,
+prompts and sampling options are taken from it, and the spec, adapter and checksum are read from SQL.
 
 Loaded classifiers stay in a small LRU cache keyed by job and adapter checksum, so only a job's first request pays
 for loading. That needs the tasks to run in the worker process itself: start the inference worker with `--pool solo`
@@ -10,6 +12,7 @@ for loading. That needs the tasks to run in the worker process itself: start the
 """
 
 import logging
+import re
 import shutil
 import tarfile
 import tempfile
@@ -18,21 +21,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app import storage
 from app.broker import calls as worker_calls
 from app.core.db import SessionLocal, session_scope
+from app.inference.generate import GenerateRequest
+from app.inference.predict import PredictRequest
 from app.inference.reaper import heartbeat
-from app.models import Evaluation, Job, utcnow
+from app.models import Artifact, Evaluation, utcnow
 from app.spec import examples as shared
 from app.spec.job import JobSpec
-from worker import record
+from worker import messages, record
 from worker.training import data, evaluation
 from worker.training.classifier import LABELS_FILE, TrainedClassifier
 from worker.training.errors import TrainingError
 from worker.training.generation import Sampling, load_for_inference, side_by_side
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_LOADED_MODELS = 2  # base + adapter each; more would hold more GPU memory than one worker should
 log = logging.getLogger(__name__)
 
@@ -58,12 +64,22 @@ _classifiers = ModelCache(MAX_LOADED_MODELS)
 
 
 def unpacked_adapter(job_id: str, archive: Path, sha256: str) -> Path:
-    """The adapter archive extracted once per checksum under FT_DATA_DIR/cache/adapters."""
-    dest = storage.data_root() / "cache" / "adapters" / f"{job_id}-{sha256[:16]}"
+    """The adapter archive extracted once per checksum under FT_DATA_DIR/cache/adapters.
+
+    The archive must hash to `sha256` (the Artifact row's), so the cache key is honest; the directory is built from
+    a checked id and checksum only and kept inside FT_DATA_DIR before anything is deleted or extracted there.
+    """
+    if not storage.SAFE_ID.fullmatch(job_id) or not SHA256.fullmatch(sha256):
+        raise TrainingError("conflict", f"refused to unpack adapter {job_id!r}/{sha256!r}: not an id and checksum")
+    dest = (storage.data_root() / "cache" / "adapters" / f"{job_id}-{sha256[:16]}").resolve()
+    if not dest.is_relative_to(storage.data_root()):
+        raise TrainingError("conflict", f"refused to unpack job {job_id}'s adapter outside the data directory")
     if (dest / LABELS_FILE).is_file():
         return dest
     if not archive.is_file():
         raise TrainingError("conflict", f"the adapter of job {job_id} is recorded but its file is missing")
+    if storage.sha256_file(archive) != sha256:
+        raise TrainingError("conflict", f"job {job_id}'s adapter file does not match its recorded checksum")
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     with tarfile.open(archive, "r:gz") as tar:
@@ -75,16 +91,27 @@ def unpacked_adapter(job_id: str, archive: Path, sha256: str) -> Path:
     return dest
 
 
-def predict(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{label, scores}] for the payload's texts, with the job's trained classifier (loaded once, then cached)."""
-    job_id, sha256 = payload["job_id"], payload["sha256"]
-    spec = JobSpec.model_validate(payload["spec"])
+def _classifier_of(job_id: str) -> tuple[JobSpec, str, str]:
+    """A classification job's spec, adapter key and checksum: from SQL, never from the message."""
+    with session_scope() as session:
+        job, spec = messages.stored_spec(session, job_id)
+        if spec.task != "classification":
+            raise TrainingError("conflict", f"job {job_id} is not a classification job: predict needs one")
+        adapter = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == "adapter"))
+        if adapter is None:
+            raise TrainingError("conflict", f"job {job_id} is {job.status}: it has no adapter to predict with")
+        return spec, adapter.path, adapter.sha256
+
+
+def predict(job_id: str, texts: list[str]) -> list[dict[str, Any]]:
+    """[{label, scores}] for the texts, with the job's trained classifier (loaded once, then cached)."""
+    spec, key, sha256 = _classifier_of(job_id)
 
     def load() -> TrainedClassifier:
         log.info("loading job %s's classifier (adapter %s on %s)", job_id, sha256[:12], spec.base_model)
-        return TrainedClassifier(spec, unpacked_adapter(job_id, storage.cached(payload["adapter"]), sha256))
+        return TrainedClassifier(spec, unpacked_adapter(job_id, storage.cached(key), sha256))
 
-    return _classifiers.get((job_id, sha256), load).predict(list(payload["texts"]))
+    return _classifiers.get((job_id, sha256), load).predict(texts)
 
 
 def _answer(call_id: str, job_id: str, what: str, work: Callable[[], Any]) -> str:
@@ -107,19 +134,40 @@ def _answer(call_id: str, job_id: str, what: str, work: Callable[[], Any]) -> st
 
 
 def run_prediction(call_id: str, job_id: str, payload: dict[str, Any]) -> str:
-    """The worker side of POST /jobs/{id}/predict: predict, and record the answer on the call."""
-    return _answer(call_id, job_id, "prediction", lambda: predict({**payload, "job_id": job_id}))
+    """The worker side of POST /jobs/{id}/predict: predict, and record the answer on the call.
+
+    Only `texts` is taken from the payload (checked as the API checks it); spec and adapter come from SQL."""
+    try:
+        messages.check_call(call_id, job_id)
+    except messages.Refused as exc:
+        return messages.refuse("prediction", exc)
+
+    def work() -> list[dict[str, Any]]:
+        texts = payload.get("texts") if isinstance(payload, dict) else None
+        return predict(job_id, messages.request_data(PredictRequest, {"texts": texts}).texts)
+
+    return _answer(call_id, job_id, "prediction", work)
 
 
 def run_generation(call_id: str, job_id: str, request: dict[str, Any]) -> str:
     """The worker side of POST /jobs/{id}/generate: load the job's model, generate, record the answer."""
+    try:
+        messages.check_call(call_id, job_id)
+    except messages.Refused as exc:
+        return messages.refuse("generation", exc)
 
     def generate() -> list[dict[str, Any]]:
+        body = messages.request_data(GenerateRequest, request)  # before any model is loaded
         with session_scope() as session:
-            spec = JobSpec.model_validate(session.get(Job, job_id).spec)
+            job, spec = messages.stored_spec(session, job_id)
+            if spec.task == "classification" or job.status != "succeeded":
+                message = f"job {job_id} is a {job.status} {spec.task} job: generation needs a succeeded causal_lm job"
+                raise TrainingError("conflict", message)
         model, tokenizer = load_for_inference(spec, storage.local_adapter_dir(job_id))
-        sampling = Sampling(**{k: request[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")})
-        return side_by_side(spec, model, tokenizer, request["prompts"], sampling)
+        sampling = Sampling(
+            max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed
+        )
+        return side_by_side(spec, model, tokenizer, body.prompts, sampling)
 
     return _answer(call_id, job_id, "generation", generate)
 
@@ -161,6 +209,10 @@ def _evaluation_rows(spec: JobSpec, dataset_id: str | None) -> list[dict[str, An
 
 def run_evaluation(evaluation_id: str) -> str:
     """Claim a queued evaluation, measure base vs adapter, store the result; returns the final status."""
+    try:
+        messages.checked_id(evaluation_id, "ev")
+    except messages.Refused as exc:
+        return messages.refuse("evaluation", exc)
     claimed = _claim_evaluation(evaluation_id)
     if claimed is None:
         return "skipped"  # a redelivered message, or an evaluation already done or reaped

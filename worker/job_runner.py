@@ -8,13 +8,16 @@ import socket
 import threading
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app import storage
 from app.broker.queue import enqueue_training
 from app.checks.init_from import init_artifact
 from app.core.db import session_scope
+from app.datasets import access as hub_access
 from app.spec.job import JobSpec
 from app.tenants import limits
-from worker import distributed, frame_stack, model_card, record
+from worker import distributed, frame_stack, messages, model_card, record
 from worker.artifacts import pack_directory
 from worker.drain import clear_draining, mark_draining
 from worker.oom import is_out_of_memory, smaller_micro_batch
@@ -60,7 +63,11 @@ def _drain_on_sigterm() -> None:
 
 
 def run_job(job_id: str, worker: str) -> str:
-    """Run one attempt; returns what became of it (succeeded, failed, cancelled, requeued, skipped)."""
+    """Run one attempt; returns what became of it (succeeded, failed, cancelled, requeued, skipped, refused)."""
+    try:
+        messages.checked_id(job_id, "job")  # the message is only a job id; all else is read from SQL by it
+    except messages.Refused as exc:
+        return messages.refuse("training", exc)
     _drain_on_sigterm()
     try:
         return frame_stack.call(_attempt, job_id, worker)  # one roomy frame-stack chunk: see worker/frame_stack.py
@@ -76,7 +83,13 @@ def _attempt(job_id: str, worker: str) -> str:
     if job is None:
         log.info("job %s is not claimable (running elsewhere, finished, cancelled or deleted): skipping", job_id)
         return "skipped"
-    spec = JobSpec.model_validate(job.spec)
+    try:
+        spec = JobSpec.model_validate(job.spec)  # as stored in SQL, checked again: never run an unchecked spec
+    except ValidationError as exc:
+        reporter = JobReporter(job_id, worker)
+        reporter.close()
+        message = f"the job's stored spec does not validate ({messages.first_error(exc)}): submit it again"
+        return _finish(job_id, reporter, "failed", ("invalid_spec", message))
     out_dir = storage.job_dir(job_id)
     resume = latest_resumable(job_id, out_dir / "trainer")  # this machine's, else the store's (worker/resume.py)
     with session_scope() as session:
@@ -161,15 +174,16 @@ def _train(
                 validation_path=_dataset_path(spec.validation_dataset),
                 resume_from=resume_from,
             )
-        return recipe.run(
-            spec,
-            _dataset_path(spec.dataset),
-            out_dir,
-            reporter,
-            validation_path=_dataset_path(spec.validation_dataset),
-            resume_from=resume_from,
-            init_adapter=init_adapter,
-        )
+        with hub_access.acting_for_job(job_id):  # Hub reads as the job's tenant: its allow-lists and its token
+            return recipe.run(
+                spec,
+                _dataset_path(spec.dataset),
+                out_dir,
+                reporter,
+                validation_path=_dataset_path(spec.validation_dataset),
+                resume_from=resume_from,
+                init_adapter=init_adapter,
+            )
     finally:
         reporter.close()
 

@@ -1,6 +1,8 @@
 """Every Celery task the worker registers, kept thin: the task names its record; the bodies claim, run and record.
 
 Training: worker/job_runner.py; predict, generate and evaluations: worker/inference.py; exports: worker/export.py.
+A message carries ids (and a call's request data) only; each body checks them first (worker/messages.py) and
+returns "refused" for one that does not check out.
 """
 
 from app.broker.tasks import EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK, PREDICT_TASK, TRAIN_TASK
@@ -17,6 +19,8 @@ from worker.job_runner import run_job, worker_name
 def train(job_id: str) -> str:
     """Train one job end to end; safe to run twice (only one claim wins)."""
     outcome = run_job(job_id, worker_name())
+    if outcome == "refused":
+        return outcome  # not one of our job ids: nothing to notify
     notify_job_finished(job_id)  # queues the job's webhook if it ended; the API sends it, training never waits
     return outcome
 
