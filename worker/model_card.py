@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.core.db import session_scope
+from app.core.egress import redact_url
 from app.models import Job
 from app.spec.job import JobSpec
 from worker import record
@@ -63,6 +64,14 @@ def loss_curve_png(points: list[tuple[int, float]]) -> bytes:
 
 def _table(rows: dict[str, Any]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows.items() if v is not None)])
+
+
+def _card_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as the card shows it: a card may be published, and a webhook URL may carry a token."""
+    shown = spec.model_dump(mode="json")
+    if shown.get("webhook_url"):
+        shown["webhook_url"] = redact_url(shown["webhook_url"])
+    return shown
 
 
 def _how_to_load(spec: JobSpec) -> str:
@@ -157,7 +166,7 @@ Training loss {loss_range if losses else "(not logged)"}.
 
 ## Training spec
 ```json
-{json.dumps(spec.model_dump(mode="json"), indent=2)}
+{json.dumps(_card_spec(spec), indent=2)}
 ```
 """
     (adapter_dir / "README.md").write_text(card, encoding="utf-8")

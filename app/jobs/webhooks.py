@@ -1,11 +1,19 @@
 """Webhooks: a job's `webhook_url` hears when the job ends, signed with HMAC-SHA256 and retried with backoff.
 
 Whoever ends a job (a worker, or the API cancelling a queued job) only adds the delivery to an outbox
-in Redis, which costs one round trip and never waits on the receiver. A thread in each API process
-delivers what is due: a delivery is leased atomically (so replicas never send one twice at once),
-retried with exponential backoff on network errors, 408, 429 and 5xx, and dropped on other 4xx.
-Receivers check `X-FT-Signature: sha256=<hex>`, the HMAC of `<X-FT-Timestamp>.<body>` under
-FT_WEBHOOK_SECRET (see `verify_signature`).
+in Redis, which costs one round trip and never waits on the receiver. Redis is not a trust boundary, so an
+outbox record holds ids only (job, event, delivery, attempts): the URL, the tenant, the payload and the
+signing secret are read from SQL when the delivery is sent, and a record someone else wrote into Redis can
+only re-send a real job's real webhook to that job's own URL.
+
+Each API process sends what is due from a small pool (FT_WEBHOOK_SENDERS threads, at most
+FT_WEBHOOK_SENDERS_PER_TENANT of them on one tenant's deliveries, so one tenant's slow receivers cannot hold
+another's). A delivery is leased atomically (replicas never send one twice at once), goes through the egress
+guard (app/core/egress.py: public addresses only, no redirects, FT_WEBHOOK_TIMEOUT_S over the whole call,
+FT_WEBHOOK_MAX_RESPONSE_BYTES of the answer read), is retried with exponential backoff on network errors, 408,
+425, 429 and 5xx, and dropped on other answers and on a refused address.
+Receivers check `X-FT-Signature: sha256=<hex>`, the HMAC of `<X-FT-Timestamp>.<body>` under the tenant's
+secret (POST /admin/tenants/{tenant}/webhook-secret), else FT_WEBHOOK_SECRET (see `verify_signature`).
 """
 
 import hashlib
@@ -14,19 +22,20 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import redis
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
 
 from app.broker import events
+from app.core import egress
 from app.core.config import settings
 from app.core.db import SessionLocal
-from app.core.loops import PeriodicLoop
 from app.jobs.schemas import JobPublic
 from app.models import TERMINAL_STATUSES, Job, utcnow
+from app.tenants.secrets import WEBHOOK_SECRET, get_secret
 
 log = logging.getLogger(__name__)
 LEASE_S = 60  # a delivery claimed by a process that then died is retried after this long
@@ -60,8 +69,13 @@ def default_prefix() -> str:
     return f"ft:webhooks:{settings.training_queue}"
 
 
+def lease_s() -> float:
+    """How long a claim holds: longer than any one POST may take, so a live sender never loses its lease."""
+    return max(LEASE_S, 2 * settings.webhook_timeout_s)
+
+
 class Outbox:
-    """Pending deliveries in Redis: a sorted set of ids by due time, and a hash of their contents."""
+    """Pending deliveries in Redis: a sorted set of ids by due time, and a hash of their (id-only) records."""
 
     def __init__(self, client: redis.Redis, prefix: str | None = None):
         prefix = prefix or default_prefix()
@@ -69,13 +83,13 @@ class Outbox:
         self.due_key, self.body_key, self.prefix = f"{prefix}:due", f"{prefix}:deliveries", prefix
         self._claim = client.register_script(_CLAIM)
 
-    def add(self, url: str, event: str, payload: dict[str, Any], dedupe: str | None = None) -> str | None:
-        """Queue one delivery; with `dedupe`, a second add of the same key within a week is ignored."""
+    def add(self, job_id: str, event: str, dedupe: str | None = None) -> str | None:
+        """Queue one delivery of the job's `event`; with `dedupe`, a second add of the same key within a week
+        is ignored."""
         if dedupe and not self.client.set(f"{self.prefix}:sent:{dedupe}", "1", nx=True, ex=7 * 24 * 3600):
             return None
         delivery_id = f"whd_{secrets.token_hex(12)}"
-        body = {"id": delivery_id, "event": event, "created_at": utcnow().isoformat(), **payload}
-        record = {"url": url, "event": event, "body": json.dumps(body, default=str), "attempts": 0}
+        record = {"job_id": job_id, "event": event, "attempts": 0}
         pipe = self.client.pipeline()
         pipe.hset(self.body_key, delivery_id, json.dumps(record))
         pipe.zadd(self.due_key, {delivery_id: time.time()})
@@ -85,7 +99,7 @@ class Outbox:
     def claim_due(self, limit: int = 20) -> list[tuple[str, dict[str, Any]]]:
         now = time.time()
         claimed = []
-        for delivery_id in self._claim(keys=[self.due_key], args=[now, now + LEASE_S, limit]):
+        for delivery_id in self._claim(keys=[self.due_key], args=[now, now + lease_s(), limit]):
             raw = self.client.hget(self.body_key, delivery_id)
             if raw is None:
                 self.client.zrem(self.due_key, delivery_id)
@@ -105,8 +119,49 @@ class Outbox:
         pipe.zadd(self.due_key, {delivery_id: time.time() + delay_s})
         pipe.execute()
 
+    def put_back(self, delivery_id: str, delay_s: float) -> None:
+        """Hand a claimed delivery back unsent (its tenant's senders are busy): due again in `delay_s`."""
+        self.client.zadd(self.due_key, {delivery_id: time.time() + delay_s})
+
     def pending(self) -> int:
         return int(self.client.zcard(self.due_key))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery as it is sent: everything but the ids comes from SQL, never from the Redis record."""
+
+    delivery_id: str
+    job_id: str
+    tenant: str
+    url: str
+    event: str
+    body: bytes
+    secret: str | None
+
+
+def _legacy_job_id(record: dict[str, Any]) -> Any:
+    """The job id in a record queued before records held ids only (its body); only the id of it is used."""
+    try:
+        return json.loads(record["body"])["job"]["id"]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def load_delivery(session: Session, delivery_id: str, record: dict[str, Any]) -> Delivery | None:
+    """What the record's job says to send now; None (and why, logged) when there is nothing true to send."""
+    job_id, event = record.get("job_id") or _legacy_job_id(record), record.get("event")
+    job = session.get(Job, job_id) if isinstance(job_id, str) and isinstance(event, str) else None
+    url = (job.spec or {}).get("webhook_url") if job is not None else None
+    if job is None or not isinstance(url, str) or job.status not in TERMINAL_STATUSES or event != f"job.{job.status}":
+        log.warning("webhook %s dropped: its job %r has no %r webhook to send", delivery_id, job_id, event)
+        return None
+    finished = job.finished_at or utcnow()
+    payload = {"id": delivery_id, "event": event, "created_at": finished.isoformat()}
+    payload["job"] = JobPublic.of(job).model_dump(mode="json")
+    secret = get_secret(session, job.tenant, WEBHOOK_SECRET) or settings.webhook_secret
+    body = json.dumps(payload, default=str).encode()
+    return Delivery(delivery_id, job.id, job.tenant, url, event, body, secret)
 
 
 def backoff_s(attempt: int) -> float:
@@ -114,49 +169,77 @@ def backoff_s(attempt: int) -> float:
     return min(settings.webhook_retry_base_s * 2 ** (attempt - 1), 600.0)
 
 
-def _attempt(client: httpx.Client, delivery_id: str, record: dict[str, Any]) -> tuple[bool, bool, str]:
-    """POST once; returns (delivered, worth_retrying, what happened)."""
-    body = record["body"].encode()
+def _attempt(delivery: Delivery) -> tuple[str, str]:
+    """POST once through the egress guard; returns (outcome, what happened): delivered, retry, drop or refused."""
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "finetune-service-webhooks",
-        "X-FT-Event": record["event"],
-        "X-FT-Delivery": delivery_id,
+        "X-FT-Event": delivery.event,
+        "X-FT-Delivery": delivery.delivery_id,
         "X-FT-Timestamp": timestamp,
     }
-    if settings.webhook_secret:
-        headers["X-FT-Signature"] = sign(settings.webhook_secret, timestamp, body)
+    if delivery.secret:
+        headers["X-FT-Signature"] = sign(delivery.secret, timestamp, delivery.body)
     try:
-        response = client.post(record["url"], content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        return False, True, f"{type(exc).__name__}: {exc}"
-    if response.is_success:
-        return True, False, f"HTTP {response.status_code}"
-    retry = response.status_code >= 500 or response.status_code in RETRYABLE
-    return False, retry, f"HTTP {response.status_code}"
+        reply = egress.post(
+            delivery.url, delivery.body, headers, settings.webhook_timeout_s, settings.webhook_max_response_bytes
+        )
+    except egress.EgressRefused as exc:
+        return "refused", str(exc)
+    except egress.EgressFailed as exc:
+        return "retry", str(exc)
+    if 200 <= reply.status < 300:
+        return "delivered", f"HTTP {reply.status}"
+    retry = reply.status >= 500 or reply.status in RETRYABLE
+    return ("retry" if retry else "drop"), f"HTTP {reply.status}"
 
 
-def deliver_due(outbox: Outbox, client: httpx.Client) -> int:
-    """Try every due delivery once; returns how many were tried."""
+def send(outbox: Outbox, delivery: Delivery, record: dict[str, Any]) -> str:
+    """Send one loaded delivery and record the outcome in the outbox (done, or retried later); returns it."""
+    record = {"job_id": delivery.job_id, "event": delivery.event, "attempts": int(record.get("attempts", 0)) + 1}
+    outcome, what = _attempt(delivery)
+    where = egress.redact_url(delivery.url)
+    if outcome == "delivered":
+        outbox.done(delivery.delivery_id)
+    elif outcome == "retry" and record["attempts"] < settings.webhook_max_attempts:
+        outcome, delay = "retried", backoff_s(record["attempts"])
+        log.info("webhook %s to %s: %s; retry in %.0fs", delivery.delivery_id, where, what, delay)
+        outbox.retry_later(delivery.delivery_id, record, delay)
+    else:
+        outcome = "refused" if outcome == "refused" else "dropped"
+        log.warning(
+            "webhook %s to %s %s after %d attempt(s): %s",
+            delivery.delivery_id,
+            where,
+            outcome,
+            record["attempts"],
+            what,
+        )
+        outbox.done(delivery.delivery_id)
+    DELIVERIES.labels(outcome).inc()
+    return outcome
+
+
+def load_claimed(outbox: Outbox, delivery_id: str, record: Any) -> Delivery | None:
+    """The claimed delivery read from SQL, or None (and the record removed) when it has nothing to send."""
+    if isinstance(record, dict):
+        with SessionLocal() as session:
+            delivery = load_delivery(session, delivery_id, record)
+        if delivery is not None:
+            return delivery
+    DELIVERIES.labels("dropped").inc()
+    outbox.done(delivery_id)
+    return None
+
+
+def deliver_due(outbox: Outbox) -> int:
+    """Try every due delivery once, one after another in this thread; returns how many were tried."""
     claimed = outbox.claim_due()
     for delivery_id, record in claimed:
-        record["attempts"] += 1
-        delivered, retry, what = _attempt(client, delivery_id, record)
-        if delivered:
-            DELIVERIES.labels("delivered").inc()
-            outbox.done(delivery_id)
-        elif retry and record["attempts"] < settings.webhook_max_attempts:
-            DELIVERIES.labels("retried").inc()
-            delay = backoff_s(record["attempts"])
-            log.info("webhook %s to %s: %s; retry in %.0fs", delivery_id, record["url"], what, delay)
-            outbox.retry_later(delivery_id, record, delay)
-        else:
-            DELIVERIES.labels("dropped").inc()
-            log.warning(
-                "webhook %s to %s dropped after %d attempt(s): %s", delivery_id, record["url"], record["attempts"], what
-            )
-            outbox.done(delivery_id)
+        delivery = load_claimed(outbox, delivery_id, record)
+        if delivery is not None:
+            send(outbox, delivery, record)
     return len(claimed)
 
 
@@ -174,25 +257,7 @@ def notify_job_finished(job_id: str, session: Session | None = None, outbox: Out
         if not url or job.status not in TERMINAL_STATUSES:
             return None
         outbox = outbox or Outbox(events.redis_client())
-        payload = {"job": JobPublic.of(job).model_dump(mode="json")}
-        return outbox.add(url, f"job.{job.status}", payload, dedupe=f"{job.id}:{job.status}")
+        return outbox.add(job.id, f"job.{job.status}", dedupe=f"{job.id}:{job.status}")
     except Exception:  # a webhook must never fail the job it reports on
         log.exception("job %s: could not queue its webhook", job_id)
         return None
-
-
-class WebhookDeliverer(PeriodicLoop):
-    """The loop in each API process sending due deliveries every `interval` seconds (Redis down: they wait)."""
-
-    def __init__(self, interval: float = 1.0, outbox: Outbox | None = None):
-        super().__init__("webhooks", interval, self._deliver)
-        self.outbox = outbox
-        self.client = httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
-
-    def _deliver(self) -> None:
-        self.outbox = self.outbox or Outbox(events.redis_client())
-        deliver_due(self.outbox, self.client)
-
-    def run(self) -> None:
-        with self.client:
-            super().run()

@@ -1,4 +1,4 @@
-"""Routes for admin keys (/admin: API keys and every tenant's usage) and for each tenant's own limits (/limits)."""
+"""Routes for admin keys (/admin: API keys, every tenant's usage, its webhook secret) and each tenant's /limits."""
 
 from dataclasses import asdict
 from typing import Annotated
@@ -14,6 +14,8 @@ from app.models import ApiKey
 from app.tenants import limits
 from app.tenants import service as admin_service
 from app.tenants.auth import Caller, CallerDep
+from app.tenants.schemas import SecretCreated, SecretStatus
+from app.tenants.secrets import WEBHOOK_SECRET
 
 
 def require_admin(caller: CallerDep) -> Caller:
@@ -25,6 +27,7 @@ def require_admin(caller: CallerDep) -> Caller:
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 limits_router = APIRouter(tags=["limits"])
 TenantQuery = Annotated[str | None, Query(max_length=200, description="Only this tenant's.")]
+TenantPath = Annotated[str, Path(max_length=100, description="The tenant (the team its keys act for).")]
 
 
 class KeyPublic(BaseModel):
@@ -124,3 +127,26 @@ def revoke_key(key_id: Annotated[str, Path(max_length=40)], session: SessionDep)
 def list_tenants(session: SessionDep) -> TenantsPublic:
     """Every tenant with its limits and what it uses now."""
     return TenantsPublic(data=[tenant_public(session, t) for t in admin_service.tenants(session)])
+
+
+@router.get("/tenants/{tenant}/webhook-secret", response_model=SecretStatus)
+def webhook_secret_status(tenant: TenantPath, session: SessionDep) -> SecretStatus:
+    """Whether the tenant has its own webhook signing secret, and since when (never the secret)."""
+    return SecretStatus.of(tenant, WEBHOOK_SECRET, admin_service.secret_since(session, tenant, WEBHOOK_SECRET))
+
+
+@router.post("/tenants/{tenant}/webhook-secret", status_code=201, response_model=SecretCreated)
+def rotate_webhook_secret(tenant: TenantPath, session: SessionDep) -> SecretCreated:
+    """Make (or rotate: the old one stops at once) the secret the tenant's webhooks are signed with.
+
+    The response is the only time the secret is shown; receivers verify `X-FT-Signature` with it.
+    """
+    created_at, secret = admin_service.rotate_webhook_secret(session, tenant)
+    return SecretCreated(**SecretStatus.of(tenant, WEBHOOK_SECRET, created_at).model_dump(), secret=secret)
+
+
+@router.delete("/tenants/{tenant}/webhook-secret", response_model=SecretStatus)
+def delete_webhook_secret(tenant: TenantPath, session: SessionDep) -> SecretStatus:
+    """Remove the tenant's secret: its webhooks are then signed with FT_WEBHOOK_SECRET (unsigned if unset)."""
+    admin_service.remove_webhook_secret(session, tenant)
+    return SecretStatus.of(tenant, WEBHOOK_SECRET, None)

@@ -1,12 +1,14 @@
-"""What admin keys do: list, make and revoke API keys, and see every tenant's usage against its limits."""
+"""What admin keys do: list, make and revoke API keys, see every tenant's usage, set its webhook secret."""
+
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import storage
 from app.core.errors import Invalid, NotFound
-from app.models import ApiKey, Dataset, Job, utcnow
-from app.tenants import limits
+from app.models import ApiKey, Dataset, Job, TenantSecret, utcnow
+from app.tenants import limits, secrets
 from app.tenants.auth import TENANT_NAME, create_key
 
 
@@ -53,3 +55,32 @@ def usage(session: Session, tenant: str) -> dict[str, int]:
         "running_jobs": jobs.get("running", 0) + jobs.get("cancelling", 0),
         "dataset_bytes": limits.dataset_bytes(session, tenant),
     }
+
+
+def _valid_tenant(tenant: str) -> str:
+    if not TENANT_NAME.fullmatch(tenant):
+        raise Invalid(f"tenant: {tenant!r} is not a tenant name (letters, digits, `.`, `_`, `-`, up to 100)")
+    return tenant
+
+
+def secret_since(session: Session, tenant: str, kind: str) -> datetime | None:
+    """When the tenant's secret of this kind was made, or None: it has none."""
+    query = select(TenantSecret.created_at).where(
+        TenantSecret.tenant == _valid_tenant(tenant), TenantSecret.kind == kind
+    )
+    return session.scalar(query)
+
+
+def rotate_webhook_secret(session: Session, tenant: str) -> tuple[datetime, str]:
+    """A new signing secret for the tenant's webhooks, replacing any old one at once; returned this once."""
+    value = secrets.new_webhook_secret()
+    row = secrets.set_secret(session, _valid_tenant(tenant), secrets.WEBHOOK_SECRET, value)
+    return row.created_at, value
+
+
+def remove_webhook_secret(session: Session, tenant: str) -> None:
+    """Delete it: the tenant's webhooks fall back to FT_WEBHOOK_SECRET (or go unsigned when that is unset)."""
+    if not secrets.delete_secret(session, _valid_tenant(tenant), secrets.WEBHOOK_SECRET):
+        raise NotFound(
+            f"tenant {tenant!r} has no webhook secret; make one with POST /admin/tenants/{tenant}/webhook-secret"
+        )

@@ -104,6 +104,7 @@ def stack(request: pytest.FixtureRequest, tiny_model: Path, session_dir: Path) -
         "FT_REDIS_URL": REDIS_URL,
         "FT_TRAINING_QUEUE": f"training-test-{suffix}",
         "FT_INFERENCE_QUEUE": f"inference-test-{suffix}",  # predict, generate, exports: their own worker
+        "FT_EGRESS_ALLOW": "127.0.0.0/8",  # the webhook receivers of the tests listen on loopback
     }
     db_name = f"ft_test_{suffix}"
     if backend == "postgresql":

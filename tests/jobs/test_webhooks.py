@@ -1,21 +1,35 @@
-"""Webhook delivery against a real HTTP receiver and a real Redis: signed, retried with backoff, never twice."""
+"""Webhook delivery against real HTTP receivers, a real Redis and migrated SQLite: signed per tenant, retried with
+backoff, never twice, read from SQL (not from Redis), and sent from a pool no one tenant can hold."""
 
 import json
+import logging
 import os
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-import httpx
 import pytest
 import redis
+from alembic import command
+from alembic.config import Config
 
 from app.core.config import settings
-from app.jobs.webhooks import Outbox, backoff_s, deliver_due, sign, verify_signature
+from app.core.db import SessionLocal
+from app.jobs.webhook_senders import WebhookDeliverer
+from app.jobs.webhooks import Outbox, backoff_s, deliver_due, notify_job_finished, sign, verify_signature
+from app.models import Job, utcnow
+from app.tenants.secrets import WEBHOOK_SECRET, set_secret
 from tests.webhook_receiver import WebhookReceiver
 
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 SECRET = "unit-test-secret"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def database() -> None:
+    command.upgrade(Config(str(ROOT / "alembic.ini")), "head")
 
 
 @pytest.fixture
@@ -23,6 +37,7 @@ def outbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Outbox]:
     monkeypatch.setattr(settings, "webhook_secret", SECRET)
     monkeypatch.setattr(settings, "webhook_retry_base_s", 0.2)
     monkeypatch.setattr(settings, "webhook_max_attempts", 3)
+    monkeypatch.setattr(settings, "egress_allow", "127.0.0.0/8")  # the receivers here listen on loopback
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     prefix = f"ft:test-webhooks:{secrets.token_hex(4)}"
     yield Outbox(client, prefix=prefix)
@@ -30,12 +45,32 @@ def outbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Outbox]:
         client.delete(key)
 
 
+def finished_job(url: str, status: str = "succeeded", tenant: str | None = None) -> str:
+    """A job that has ended, with this webhook_url (stored as it is: the spec validator is not what is tested)."""
+    with SessionLocal() as session:
+        job = Job(
+            tenant=tenant or f"hooks-{secrets.token_hex(4)}",
+            status=status,
+            spec={"base_model": "m", "dataset": "d", "webhook_url": url},
+            finished_at=utcnow(),
+        )
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def queue(outbox: Outbox, url: str, status: str = "succeeded", tenant: str | None = None) -> tuple[str, str]:
+    job_id = finished_job(url, status, tenant)
+    delivery = notify_job_finished(job_id, outbox=outbox)
+    assert delivery is not None
+    return job_id, delivery
+
+
 def _deliver_until_idle(outbox: Outbox, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=5) as http:
-        while outbox.pending() and time.monotonic() < deadline:
-            deliver_due(outbox, http)
-            time.sleep(0.05)
+    while outbox.pending() and time.monotonic() < deadline:
+        deliver_due(outbox)
+        time.sleep(0.05)
 
 
 def test_signature_verifies_only_for_the_same_secret_body_and_a_fresh_timestamp() -> None:
@@ -52,11 +87,12 @@ def test_signature_verifies_only_for_the_same_secret_body_and_a_fresh_timestamp(
 
 def test_a_delivery_is_signed_and_retried_with_backoff_until_it_lands(outbox: Outbox) -> None:
     with WebhookReceiver(statuses=[503, 500]) as receiver:
-        delivery = outbox.add(receiver.url, "job.succeeded", {"job": {"id": "job_1", "status": "succeeded"}})
+        job_id, delivery = queue(outbox, receiver.url)
         _deliver_until_idle(outbox)
     assert [r.headers["x-ft-delivery"] for r in receiver.received] == [delivery] * 3
     last = receiver.received[-1]
-    assert last.json()["event"] == "job.succeeded" and last.json()["job"]["id"] == "job_1"
+    assert last.json()["event"] == "job.succeeded" and last.json()["id"] == delivery
+    assert last.json()["job"]["id"] == job_id and last.json()["job"]["status"] == "succeeded"
     assert last.headers["x-ft-event"] == "job.succeeded"
     assert verify_signature(SECRET, last.body, last.headers["x-ft-timestamp"], last.headers["x-ft-signature"])
     assert outbox.pending() == 0
@@ -69,37 +105,115 @@ def test_backoff_doubles_and_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_retry_waits_for_its_backoff(outbox: Outbox) -> None:
-    with WebhookReceiver(statuses=[500]) as receiver, httpx.Client(timeout=5) as http:
-        outbox.add(receiver.url, "job.failed", {})
-        assert deliver_due(outbox, http) == 1
-        assert deliver_due(outbox, http) == 0, "the retry is not due before its backoff"
+    with WebhookReceiver(statuses=[500]) as receiver:
+        queue(outbox, receiver.url, "failed")
+        assert deliver_due(outbox) == 1
+        assert deliver_due(outbox) == 0, "the retry is not due before its backoff"
         time.sleep(0.3)
-        assert deliver_due(outbox, http) == 1
+        assert deliver_due(outbox) == 1
     assert len(receiver.received) == 2 and outbox.pending() == 0
 
 
 def test_a_client_error_is_not_retried_and_a_dead_receiver_is_given_up(outbox: Outbox) -> None:
     with WebhookReceiver(statuses=[404]) as receiver:
-        outbox.add(receiver.url, "job.cancelled", {})
+        queue(outbox, receiver.url, "cancelled")
         _deliver_until_idle(outbox)
     assert len(receiver.received) == 1 and outbox.pending() == 0
     with WebhookReceiver() as gone:
         url = gone.url
-    outbox.add(url, "job.cancelled", {})  # nothing listens there any more: 3 attempts, then dropped
+    queue(outbox, url, "cancelled")  # nothing listens there any more: 3 attempts, then dropped
     _deliver_until_idle(outbox)
     assert outbox.pending() == 0
 
 
+def test_a_refused_address_is_dropped_at_once_and_logged_redacted(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(settings, "egress_allow", "")
+    with WebhookReceiver() as receiver, caplog.at_level(logging.WARNING, "app.jobs.webhooks"):
+        queue(outbox, f"{receiver.url}?token=hunter2")  # e.g. stored before the guard, or allowed then
+        assert deliver_due(outbox) == 1
+    assert receiver.received == [] and outbox.pending() == 0, "refused: not sent, not retried"
+    assert "refused after 1 attempt(s)" in caplog.text and "/hook?token=***" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
 def test_a_claimed_delivery_is_not_handed_out_twice(outbox: Outbox) -> None:
-    outbox.add("http://127.0.0.1:9/never", "job.succeeded", {})
+    queue(outbox, "http://127.0.0.1:9/never")
     first = outbox.claim_due()
     assert len(first) == 1
     assert outbox.claim_due() == [], "another API replica must not send it while it is leased"
 
 
-def test_dedupe_queues_one_delivery_per_job_outcome(outbox: Outbox) -> None:
-    assert outbox.add("http://127.0.0.1:9/x", "job.succeeded", {}, dedupe="job_1:succeeded")
-    assert outbox.add("http://127.0.0.1:9/x", "job.succeeded", {}, dedupe="job_1:succeeded") is None
+def test_dedupe_queues_one_delivery_per_job_outcome_and_redis_holds_only_ids(outbox: Outbox) -> None:
+    job_id = finished_job("http://127.0.0.1:9/x?token=not-for-redis")
+    assert notify_job_finished(job_id, outbox=outbox)
+    assert notify_job_finished(job_id, outbox=outbox) is None
     assert outbox.pending() == 1
     record = json.loads(outbox.client.hget(outbox.body_key, outbox.claim_due()[0][0]))
-    assert record["attempts"] == 0 and record["url"] == "http://127.0.0.1:9/x"
+    assert record == {"job_id": job_id, "event": "job.succeeded", "attempts": 0}
+
+
+def test_a_forged_outbox_record_cannot_redirect_or_invent_a_delivery(outbox: Outbox) -> None:
+    with WebhookReceiver() as owner, WebhookReceiver() as attacker:
+        job_id = finished_job(owner.url)
+        forged = {"job_id": job_id, "event": "job.succeeded", "attempts": 0, "url": attacker.url,
+                  "body": json.dumps({"job": {"id": job_id, "status": "forged"}})}  # fmt: skip
+        legacy = {"url": attacker.url, "event": "job.succeeded", "attempts": 1, "body": forged["body"]}  # pre-ids
+        lies = {"job_id": job_id, "event": "job.failed", "attempts": 0}  # the job succeeded
+        nobody = {"job_id": "job_" + "0" * 24, "event": "job.succeeded", "attempts": 0}
+        records = {"whd_forged": forged, "whd_legacy": legacy, "whd_lies": lies, "whd_nobody": nobody}
+        for delivery_id, record in records.items():
+            outbox.client.hset(outbox.body_key, delivery_id, json.dumps(record))
+            outbox.client.zadd(outbox.due_key, {delivery_id: time.time()})
+        outbox.client.hset(outbox.body_key, "whd_junk", "[1, 2]")
+        outbox.client.zadd(outbox.due_key, {"whd_junk": time.time()})
+        assert deliver_due(outbox) == 5
+    assert attacker.received == [] and outbox.pending() == 0
+    assert sorted(r.headers["x-ft-delivery"] for r in owner.received) == ["whd_forged", "whd_legacy"]
+    for sent in (r.json() for r in owner.received):
+        assert sent["job"]["id"] == job_id and sent["job"]["status"] == "succeeded", "the payload comes from SQL"
+
+
+def test_each_tenant_signs_with_its_own_secret_and_others_with_the_fallback(outbox: Outbox) -> None:
+    tenant_a, tenant_b = f"a-{secrets.token_hex(4)}", f"b-{secrets.token_hex(4)}"
+    with SessionLocal() as session:
+        set_secret(session, tenant_a, WEBHOOK_SECRET, "whsec_tenant_a")
+        session.commit()
+    with WebhookReceiver() as receiver:
+        queue(outbox, receiver.url, tenant=tenant_a)
+        queue(outbox, receiver.url, tenant=tenant_b)
+        _deliver_until_idle(outbox)
+    by_tenant = {r.json()["job"]["tenant"]: r for r in receiver.received}
+    a, b = by_tenant[tenant_a], by_tenant[tenant_b]
+    assert verify_signature("whsec_tenant_a", a.body, a.headers["x-ft-timestamp"], a.headers["x-ft-signature"])
+    assert not verify_signature(SECRET, a.body, a.headers["x-ft-timestamp"], a.headers["x-ft-signature"])
+    assert verify_signature(SECRET, b.body, b.headers["x-ft-timestamp"], b.headers["x-ft-signature"])
+    assert not verify_signature("whsec_tenant_a", b.body, b.headers["x-ft-timestamp"], b.headers["x-ft-signature"])
+
+
+def test_a_trickling_receiver_is_cut_at_the_deadline_and_does_not_delay_another_tenant(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "webhook_timeout_s", 2.0)
+    slow_tenant, other_tenant = f"slow-{secrets.token_hex(4)}", f"other-{secrets.token_hex(4)}"
+    deliverer = WebhookDeliverer(outbox=outbox, senders=3, per_tenant=2)
+    # A byte a second for 30 s: without the deadline each would hold a sender for half a minute.
+    with WebhookReceiver(trickle_s=1.0, trickle_bytes=30) as trickler, WebhookReceiver() as receiver:
+        for _ in range(3):  # as many as there are senders: only the tenant's share of them may be taken
+            queue(outbox, trickler.url, tenant=slow_tenant)
+        queue(outbox, receiver.url, tenant=other_tenant)
+        started = time.monotonic()
+        while not receiver.received and time.monotonic() - started < 10:
+            deliverer.dispatch()
+            time.sleep(0.05)
+        other_waited = time.monotonic() - started
+        while len(trickler.received) < 3 and time.monotonic() - started < 10:
+            deliverer.dispatch()  # the third slow one starts once one of the first two is cut
+            time.sleep(0.05)
+        assert deliverer.wait_idle(timeout=5)
+        all_done = time.monotonic() - started
+    deliverer.pool.shutdown()
+    assert other_waited < 1.0, f"the other tenant's delivery waited {other_waited:.1f}s behind trickling receivers"
+    assert len(trickler.received) == 3 and all_done < 6.5, f"each trickle is cut at 2s; all took {all_done:.1f}s"
+    assert outbox.pending() == 3, "the cut ones are retried later; the other tenant's was delivered"

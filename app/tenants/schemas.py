@@ -1,0 +1,24 @@
+"""What the admin API says about a tenant's secrets: whether one is set and since when, the secret itself once."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from app.core.schemas import UtcDatetime
+
+
+class SecretStatus(BaseModel):
+    """A tenant's secret as admins see it afterwards: never the secret itself."""
+
+    tenant: str
+    kind: str = Field(description="`webhook_secret`: signs the tenant's webhooks (X-FT-Signature).")
+    is_set: bool = Field(description="False: the tenant's webhooks are signed with FT_WEBHOOK_SECRET, if set.")
+    created_at: UtcDatetime | None = Field(description="When the secret now in use was made (a rotation resets it).")
+
+    @classmethod
+    def of(cls, tenant: str, kind: str, created_at: datetime | None) -> "SecretStatus":
+        return cls(tenant=tenant, kind=kind, is_set=created_at is not None, created_at=created_at)
+
+
+class SecretCreated(SecretStatus):
+    secret: str = Field(description="The secret itself: shown this once; give it to the tenant's receivers.")

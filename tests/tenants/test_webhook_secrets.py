@@ -1,0 +1,104 @@
+"""The admin routes for a tenant's webhook signing secret: made and rotated by an admin, shown once, then only
+whether one is set and since when; and the secret shown is the one the tenant's webhooks are signed with."""
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from alembic import command
+from alembic.config import Config
+from fastapi.testclient import TestClient
+
+from app.core.config import settings
+from app.core.db import SessionLocal
+from app.jobs.webhooks import Outbox, deliver_due, notify_job_finished, verify_signature
+from app.main import create_app
+from app.models import Job, utcnow
+from app.tenants.auth import create_key
+from tests.webhook_receiver import WebhookReceiver
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def database() -> None:
+    command.upgrade(Config(str(ROOT / "alembic.ini")), "head")
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"signed-{secrets.token_hex(4)}"
+
+
+def client_for(tenant: str, is_admin: bool) -> TestClient:
+    with SessionLocal() as session:
+        key = create_key(session, "secrets", tenant=tenant, is_admin=is_admin)
+        session.commit()
+    return TestClient(create_app(), headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture
+def admin() -> Iterator[TestClient]:
+    with client_for("ops", is_admin=True) as c:
+        yield c
+
+
+def signed_delivery(tenant: str, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, str, str]:
+    """Send one real webhook of a finished job of the tenant; returns its body, timestamp and signature."""
+    monkeypatch.setattr(settings, "egress_allow", "127.0.0.0/8")
+    outbox = Outbox(redis.Redis.from_url(REDIS_URL, decode_responses=True), prefix=f"ft:test-wh:{secrets.token_hex(4)}")
+    with WebhookReceiver() as receiver:
+        with SessionLocal() as session:
+            spec = {"base_model": "m", "dataset": "d", "webhook_url": receiver.url}
+            job = Job(tenant=tenant, status="succeeded", spec=spec, finished_at=utcnow())
+            session.add(job)
+            session.commit()
+        notify_job_finished(job.id, outbox=outbox)
+        deliver_due(outbox)
+    for key in outbox.client.scan_iter(f"{outbox.prefix}:*"):
+        outbox.client.delete(key)
+    (got,) = receiver.received
+    return got.body, got.headers["x-ft-timestamp"], got.headers["x-ft-signature"]
+
+
+def test_a_secret_is_shown_once_rotated_and_removed(
+    admin: TestClient, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "webhook_secret", "the-fallback")
+    path = f"/admin/tenants/{tenant}/webhook-secret"
+    assert admin.get(path).json() == {"tenant": tenant, "kind": "webhook_secret", "is_set": False, "created_at": None}
+
+    made = admin.post(path)
+    assert made.status_code == 201 and made.json()["secret"].startswith("whsec_") and made.json()["is_set"]
+    status = admin.get(path).json()
+    assert "secret" not in status and status["is_set"] and status["created_at"] == made.json()["created_at"]
+    assert made.json()["secret"] not in admin.get(path).text
+
+    rotated = admin.post(path).json()
+    assert rotated["secret"] != made.json()["secret"]
+    body, timestamp, signature = signed_delivery(tenant, monkeypatch)
+    assert verify_signature(rotated["secret"], body, timestamp, signature), "signed with the secret just shown"
+    assert not verify_signature(made.json()["secret"], body, timestamp, signature), "the old one stopped at once"
+
+    removed = admin.delete(path)
+    assert removed.status_code == 200 and removed.json()["is_set"] is False
+    body, timestamp, signature = signed_delivery(tenant, monkeypatch)
+    assert verify_signature("the-fallback", body, timestamp, signature), "back to FT_WEBHOOK_SECRET"
+    again = admin.delete(path)
+    assert again.status_code == 404 and "POST /admin/tenants/" in again.json()["detail"]
+
+
+def test_only_an_admin_key_may_see_or_set_a_secret_and_the_tenant_name_is_checked(
+    admin: TestClient, tenant: str
+) -> None:
+    path = f"/admin/tenants/{tenant}/webhook-secret"
+    with client_for(tenant, is_admin=False) as own:
+        for method in ("get", "post", "delete"):
+            response = getattr(own, method)(path)
+            assert response.status_code == 403 and "admin" in response.json()["detail"]
+    bad = admin.post("/admin/tenants/-no%20such/webhook-secret")
+    assert bad.status_code == 422 and "not a tenant name" in bad.json()["detail"]
