@@ -82,11 +82,15 @@ def follow_events(client: httpx.Client, job_id: str, follow: bool = True, retrie
                 if r.is_error:
                     r.read()
                     _check(r)
+                ended = False
                 for event in iter_sse(r.iter_lines()):
                     failures = 0
                     last_id = event.id or last_id
+                    ended = ended or (event.event == "status" and event.json().get("status") in TERMINAL_STATUSES)
                     yield event
-            return  # the server ended the stream: the job ended (or, without follow, we are caught up)
+            if ended or not follow:
+                return  # the job ended (or, without follow, we are caught up)
+            # else the server closed a long stream (FT_STREAM_MAX_SECONDS): go on after the last event
         except httpx.TransportError as exc:  # includes a connection dropped mid-stream
             failures += 1
             if failures > retries:

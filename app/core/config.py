@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     stream_max_seconds: float = Field(
         3600, gt=0, description="An event stream ends after this long; clients resume with Last-Event-ID."
     )
+    event_stream_connections: int = Field(
+        256, ge=1, description="Redis connections one API process keeps for event streams: its most open streams (503)."
+    )
     tenant_access: dict[str, dict[str, list[str]]] = Field(
         default_factory=dict,
         description='Per-tenant allow-lists (JSON): `{"team": {"hub": ["my-org/*"], "local_models": ["tiny-*"]}}`; '
@@ -198,6 +201,16 @@ class Settings(BaseSettings):
             unknown = sorted(set(overrides) - set(TENANT_LIMIT_NAMES))
             if unknown:
                 raise ValueError(f"tenant {tenant!r}: unknown limit(s) {unknown}; known: {list(TENANT_LIMIT_NAMES)}")
+        return value
+
+    @field_validator("tenant_access")
+    @classmethod
+    def _known_access_lists(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        # A misspelt list would silently leave the tenant on the (usually wider) defaults.
+        for tenant, lists in value.items():
+            unknown = sorted(set(lists) - {"hub", "local_models"})
+            if unknown:
+                raise ValueError(f"tenant {tenant!r}: unknown allow-list(s) {unknown}; known: ['hub', 'local_models']")
         return value
 
     @cached_property

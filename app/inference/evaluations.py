@@ -20,6 +20,7 @@ from app.jobs import service as jobs_service
 from app.models import Evaluation
 from app.spec.formats import StrictModel
 from app.tenants.auth import CallerDep
+from app.tenants.limits import LIMITED, inference_rate
 
 router = APIRouter(prefix="/jobs", tags=["evaluations"])
 
@@ -88,7 +89,13 @@ class EvaluationsPublic(BaseModel):
     next_cursor: str | None = None
 
 
-@router.post("/{job_id}/evaluations", status_code=202, response_model=EvaluationPublic)
+@router.post(
+    "/{job_id}/evaluations",
+    status_code=202,
+    response_model=EvaluationPublic,
+    dependencies=[inference_rate("evaluations")],
+    responses=LIMITED,
+)
 def start_evaluation(job_id: str, body: EvaluationCreate, caller: CallerDep, session: SessionDep) -> EvaluationPublic:
     """Queue an evaluation of a succeeded job; poll `poll_url` until `succeeded` (with `result`) or `failed`."""
     job = jobs_service.get_job(session, caller, job_id)

@@ -17,6 +17,7 @@ from app.datasets import service as datasets_service
 from app.models import Evaluation, Job
 from app.spec import examples
 from app.spec.job import JobSpec
+from app.tenants import slots
 from app.tenants.auth import Caller
 
 
@@ -62,6 +63,7 @@ def create_evaluation(
             f"dataset: job {job.id} has no eval split (training.eval_fraction was 0) and no validation_dataset; "
             "give the id of one of your datasets in `dataset` (upload one with POST /datasets)"
         )
+    slots.check_calls_in_flight(session, job.tenant)  # 429 when the tenant's worker calls are at its limit
     evaluation = Evaluation(job_id=job.id, dataset_id=dataset_id, options=options, status="queued")
     session.add(evaluation)
     session.flush()

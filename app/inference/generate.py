@@ -1,15 +1,18 @@
 """POST /jobs/{id}/generate: the base model and the job's adapter answer the same prompts, side by side.
 
 Generation runs on a worker (app/broker/calls.py); this process never loads a model. A few prompts are answered
-synchronously (waiting up to FT_INFERENCE_TIMEOUT_S); a longer batch, or one that outlasts the wait, gets 202
-and an id to poll at GET /jobs/{id}/generations/{generation_id}.
+synchronously (waiting up to FT_INFERENCE_TIMEOUT_S, without holding a thread); a longer batch, or one that
+outlasts the wait, gets 202 and an id to poll at GET /jobs/{id}/generations/{generation_id}. Each call counts
+against its tenant's FT_INFERENCE_RATE_PER_MINUTE and FT_MAX_CONCURRENT_CALLS (app/tenants/slots.py).
 """
 
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy.orm import Session
 
 from app.broker import calls as worker_calls
 from app.broker.tasks import GENERATE_TASK
@@ -19,7 +22,9 @@ from app.core.errors import Conflict, Invalid, NotFound
 from app.jobs import service as jobs_service
 from app.models import Job
 from app.spec.formats import StrictModel
-from app.tenants.auth import CallerDep
+from app.tenants import slots
+from app.tenants.auth import Caller, CallerDep
+from app.tenants.limits import LIMITED, inference_rate
 
 router = APIRouter(prefix="/jobs", tags=["generate"])
 SYNC_MAX_PROMPTS = 8  # more prompts than this always run asynchronously
@@ -80,12 +85,24 @@ def _raise_failure(state: dict[str, Any]) -> None:
     raise worker_calls.WorkerFailed(message)
 
 
+def _generatable_job(session: Session, caller: Caller, job_id: str) -> tuple[Job, int]:
+    """The caller's succeeded generation job and its tenant's exports and evaluations in flight; then the session
+    is closed, so no connection is held while a worker generates."""
+    try:
+        job = jobs_service.get_job(session, caller, job_id)
+        _generatable(job)
+        return job, slots.call_rows_in_flight(session, job.tenant)
+    finally:
+        session.close()
+
+
 @router.post(
     "/{job_id}/generate",
     response_model=GenerationPublic,
-    responses={202: {"model": GenerationPublic, "description": "Still running: poll `poll_url`."}},
+    dependencies=[inference_rate("generate")],
+    responses={202: {"model": GenerationPublic, "description": "Still running: poll `poll_url`."}, **LIMITED},
 )
-def generate(
+async def generate(
     job_id: str,
     body: GenerateRequest,
     caller: CallerDep,
@@ -94,16 +111,17 @@ def generate(
     wait: Annotated[bool, Query(description=f"false: always 202 (also above {SYNC_MAX_PROMPTS} prompts).")] = True,
 ) -> Any:
     """`{"results": [{"prompt", "base", "adapter"}]}` when done within the wait; else 202 with an id to poll."""
-    job = jobs_service.get_job(session, caller, job_id)
-    _generatable(job)
-    session.close()  # no connection held while a worker generates
+    job, rows_in_flight = await run_in_threadpool(_generatable_job, session, caller, job_id)
+    call_id = worker_calls.new_call_id()
+    await slots.take_call_slot(job.tenant, call_id, rows_in_flight)  # 429 at the tenant's limit
     try:
-        call_id = worker_calls.start(GENERATE_TASK, job.id, body.model_dump(mode="json"))
+        await worker_calls.start(GENERATE_TASK, call_id, job.id, job.tenant, body.model_dump(mode="json"))
     except worker_calls.WorkerUnavailable:
+        await slots.release_call_slot(job.tenant, call_id)
         raise worker_calls.WorkerUnreachable("the task queue is unreachable; try again shortly") from None
-    state = worker_calls.read(call_id) or {}
+    state = await worker_calls.read_async(call_id) or {}
     if wait and len(body.prompts) <= SYNC_MAX_PROMPTS:
-        state = worker_calls.wait(call_id, settings.inference_timeout_s) or state
+        state = await worker_calls.wait(call_id, settings.inference_timeout_s) or state
     if state.get("status") == "failed":
         _raise_failure(state)
     public = _public(request, state)
@@ -119,6 +137,6 @@ def get_generation(
     """An asynchronous generation: queued, running, succeeded (with results) or failed (with error); kept 1 hour."""
     job = jobs_service.get_job(session, caller, job_id)
     state = worker_calls.read(generation_id) if generation_id.startswith("gen_") else None
-    if state is None or state.get("job_id") != job.id:
+    if worker_calls.owned(state, job.id, job.tenant) is None:  # another tenant's call reads as an unknown one
         raise NotFound(f"job {job.id} has no generation {generation_id!r} (results are kept for an hour)")
     return _public(request, state)

@@ -1,8 +1,13 @@
-"""POST /jobs/{id}/predict: label texts with a classification job's adapter, on a worker (app/broker/calls.py)."""
+"""POST /jobs/{id}/predict: label texts with a classification job's adapter, on a worker (app/broker/calls.py).
+
+The route waits for the worker's answer without holding a thread; each call counts against its tenant's
+FT_INFERENCE_RATE_PER_MINUTE and FT_MAX_CONCURRENT_CALLS (app/tenants/slots.py).
+"""
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session
 
@@ -12,8 +17,11 @@ from app.core.config import settings
 from app.core.db import SessionDep
 from app.core.errors import Conflict, Invalid
 from app.jobs import service as jobs_service
+from app.models import Job
 from app.spec.formats import StrictModel
+from app.tenants import slots
 from app.tenants.auth import Caller, CallerDep
+from app.tenants.limits import LIMITED, inference_rate
 
 router = APIRouter(prefix="/jobs", tags=["inference"])
 MAX_TEXTS = 256
@@ -38,13 +46,20 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="One per text, in order.")
 
 
-def prediction_payload(session: Session, caller: Caller, job_id: str, texts: list[str]) -> dict[str, Any]:
-    """What the worker needs: the job's spec, its adapter archive and checksum, and the texts."""
-    job = jobs_service.get_job(session, caller, job_id)
-    if job.spec.get("task") != "classification":
-        raise Conflict(f"job {job.id} is not a classification job: predict needs task classification (try /generate)")
-    artifact, _ = jobs_service.artifact_file(session, job, "adapter")  # 409 until the job has succeeded
-    return {"spec": job.spec, "adapter": artifact.path, "sha256": artifact.sha256, "texts": texts}
+def _prepare(session: Session, caller: Caller, job_id: str, texts: list[str]) -> tuple[Job, dict[str, Any], int]:
+    """The job; what the worker needs (the job's spec, its adapter archive and checksum, and the texts); and the
+    tenant's exports and evaluations in flight. Then the session is closed: no connection held while a worker works."""
+    try:
+        job = jobs_service.get_job(session, caller, job_id)
+        if job.spec.get("task") != "classification":
+            raise Conflict(
+                f"job {job.id} is not a classification job: predict needs task classification (try /generate)"
+            )
+        artifact, _ = jobs_service.artifact_file(session, job, "adapter")  # 409 until the job has succeeded
+        payload = {"spec": job.spec, "adapter": artifact.path, "sha256": artifact.sha256, "texts": texts}
+        return job, payload, slots.call_rows_in_flight(session, job.tenant)
+    finally:
+        session.close()
 
 
 def _answer(state: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -68,18 +83,22 @@ def _answer(state: dict[str, Any] | None) -> list[dict[str, Any]]:
 @router.post(
     "/{job_id}/predict",
     response_model=PredictResponse,
+    dependencies=[inference_rate("predict")],
     responses={
         409: {"description": "Not a classification job, or no adapter yet"},
         504: {"description": "No worker answered in time"},
+        **LIMITED,
     },
 )
-def predict(job_id: str, body: PredictRequest, caller: CallerDep, session: SessionDep) -> PredictResponse:
+async def predict(job_id: str, body: PredictRequest, caller: CallerDep, session: SessionDep) -> PredictResponse:
     """Each text's label and class probabilities. Runs on a worker; a job's first call there loads its model."""
-    payload = prediction_payload(session, caller, job_id, body.texts)
-    session.close()  # no connection held while the worker works
+    job, payload, rows_in_flight = await run_in_threadpool(_prepare, session, caller, job_id, body.texts)
+    call_id = worker_calls.new_call_id()
+    await slots.take_call_slot(job.tenant, call_id, rows_in_flight)  # 429 at the tenant's limit
     try:
-        call_id = worker_calls.start(PREDICT_TASK, job_id, payload)
+        await worker_calls.start(PREDICT_TASK, call_id, job.id, job.tenant, payload)
     except worker_calls.WorkerUnavailable:
+        await slots.release_call_slot(job.tenant, call_id)
         raise worker_calls.WorkerUnreachable("the task queue is unreachable; try again shortly") from None
-    predictions = _answer(worker_calls.wait(call_id, settings.inference_timeout_s))
+    predictions = _answer(await worker_calls.wait(call_id, settings.inference_timeout_s))
     return PredictResponse(predictions=[Prediction(**p) for p in predictions])

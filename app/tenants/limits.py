@@ -7,12 +7,13 @@ How each is refused, consistently (docs/security.md):
 - a quota already used up (queued jobs, dataset storage) or a rate limit: 429 with `limit`, `allowed` and
   `usage` beside `detail`, and `Retry-After` where waiting helps;
 - running jobs: never refused; a worker leaves a job queued while its tenant has enough running.
+What a tenant holds open (worker calls in flight, event streams) is counted in app/tenants/slots.py.
 """
 
 import logging
 import time
 from dataclasses import dataclass, fields
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 from fastapi import Depends
@@ -85,7 +86,7 @@ def dataset_bytes(session: Session, tenant: str) -> int:
     return int(session.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant == tenant)))
 
 
-def _quota_error(limits: TenantLimits, name: str, usage: int, message: str, retry_after: int | None) -> TooManyRequests:
+def quota_error(limits: TenantLimits, name: str, usage: int, message: str, retry_after: int | None) -> TooManyRequests:
     allowed = getattr(limits, name)
     return TooManyRequests(
         f"{message} (limit {name}={allowed:,}, set by {limits.source(name)})",
@@ -103,7 +104,7 @@ def check_queued_quota(session: Session, tenant: str) -> None:
     queued = queued_jobs(session, tenant)
     if queued >= limits.max_queued_jobs:
         message = f"tenant {tenant!r} has {queued} queued jobs; wait for some to start, or cancel some"
-        raise _quota_error(limits, "max_queued_jobs", queued, message, QUEUE_RETRY_AFTER_S)
+        raise quota_error(limits, "max_queued_jobs", queued, message, QUEUE_RETRY_AFTER_S)
 
 
 def check_storage_quota(session: Session, tenant: str, new_bytes: int) -> None:
@@ -112,16 +113,17 @@ def check_storage_quota(session: Session, tenant: str, new_bytes: int) -> None:
     used = dataset_bytes(session, tenant)
     if used + new_bytes > limits.max_dataset_storage_bytes:
         message = f"tenant {tenant!r} holds {used:,} bytes of datasets; this {new_bytes:,}-byte upload does not fit"
-        raise _quota_error(limits, "max_dataset_storage_bytes", used, message, None)
+        raise quota_error(limits, "max_dataset_storage_bytes", used, message, None)
 
 
 # --- rate limits (Redis, so every API replica counts together) ---
 
 
-def hit_rate_limit(tenant: str, action: str, now: float | None = None) -> None:
+def hit_rate_limit(tenant: str, action: str, now: float | None = None, what: str | None = None) -> None:
     """Count one `action` (submit, upload) for the tenant in this minute's window; 429 once over its limit.
 
-    A fixed window per tenant and action: one INCR per request. At a window's edge a tenant can get up to
+    `what` names the request when one budget covers several kinds (inference: generate, predict, evaluations,
+    exports). A fixed window per tenant and action: one INCR per request. At a window's edge a tenant can get up to
     twice its rate in a short burst; the quotas above bound what that burst can hold.
     """
     limits = limits_for(tenant)
@@ -140,8 +142,20 @@ def hit_rate_limit(tenant: str, action: str, now: float | None = None) -> None:
         return
     if count > allowed:
         retry = max(1, int((window + 1) * RATE_WINDOW_S - now + 0.999))
-        message = f"tenant {tenant!r} sent {count - 1} {action} requests this minute; retry in {retry}s"
-        raise _quota_error(limits, name, count - 1, message, retry)
+        sent = f"{count - 1} {action} requests this minute"
+        if what:  # one budget for several kinds of request: say which was refused
+            sent = f"{count - 1} worker calls (generate, predict, evaluations, exports) this minute; {what} refused"
+        message = f"tenant {tenant!r} sent {sent}; retry in {retry}s"
+        raise quota_error(limits, name, count - 1, message, retry)
+
+
+def inference_rate(action: str) -> Any:
+    """A route dependency: count one worker call (`action`: generate, predict, ...) against inference_rate."""
+
+    def check(caller: Annotated[Caller, Depends(current_caller)]) -> None:
+        hit_rate_limit(caller.tenant, "inference", what=action)
+
+    return Depends(check)
 
 
 def submit_rate(caller: Annotated[Caller, Depends(current_caller)]) -> None:
