@@ -26,7 +26,7 @@ from worker.training.checkpoints import CheckpointCallback, InjectedOutOfMemory
 from worker.training.errors import Cancelled, Drained
 from worker.training.loop import loop_arguments
 from worker.training.progress import LogReport, ProgressCallback, Report
-from worker.training.result import TrainingResult
+from worker.training.result import TrainingResult, write_training_spec
 from worker.training.speed import SpeedPlan
 
 
@@ -155,7 +155,7 @@ def run(
         peak_memory_bytes=speed.peak_memory_bytes(),
         evaluation=comparison,
     )
-    (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    write_training_spec(adapter_dir, spec)
     (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
     return result
 

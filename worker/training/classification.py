@@ -29,7 +29,7 @@ from worker.training.classification_metrics import ClassificationReport, EvalMet
 from worker.training.errors import Cancelled, Drained, TrainingError
 from worker.training.loop import loop_arguments
 from worker.training.progress import LogReport, ProgressCallback, Report
-from worker.training.result import TrainingResult
+from worker.training.result import TrainingResult, write_training_spec
 
 Labelled = list[tuple[str, int]]
 
@@ -187,7 +187,7 @@ def run(
         baseline_accuracy=(baseline or {}).get("accuracy"),
         evaluation=_before_and_after(baseline, final, len(eval_rows)),
     )
-    (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    write_training_spec(adapter_dir, spec)
     summary = {**asdict(result), "eval": final}
     (adapter_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return result

@@ -25,7 +25,7 @@ from worker.training.checkpoints import CheckpointCallback
 from worker.training.errors import Cancelled, Drained
 from worker.training.loop import loop_arguments
 from worker.training.progress import LogReport, ProgressCallback, Report
-from worker.training.result import TrainingResult
+from worker.training.result import TrainingResult, write_training_spec
 
 
 def _setup_data(
@@ -142,6 +142,6 @@ def run(
         train_seconds=output.metrics.get("train_runtime"),
         peak_memory_bytes=speed.peak_memory_bytes(),
     )
-    (adapter_dir / "training_spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    write_training_spec(adapter_dir, spec)
     (adapter_dir / "metrics.json").write_text(json.dumps(asdict(result), indent=2))
     return result
