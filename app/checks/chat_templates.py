@@ -2,20 +2,37 @@
 
 `{% generation %}...{% endgeneration %}` marks what carries loss; the spans are found the way transformers'
 `apply_chat_template(..., return_assistant_tokens_mask=True)` finds them. jinja2 is imported on first use.
+Templates a user can choose run in app.checks.template_sandbox's child process in the API; the worker renders in
+process (the job passed validation; a template there can at worst fail its own job), both under the output cap.
 """
 
 import importlib.util
 import json
 import re
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# (rendered blocks so far, generation spans) while a chat is being rendered for its assistant mask.
-_tracking: ContextVar[tuple[list[str], list[tuple[int, int]]] | None] = ContextVar("_tracking", default=None)
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+@dataclass
+class _Rendering:
+    """A chat being rendered: its blocks so far, their total length, and the generation spans found."""
+
+    blocks: list[str] = field(default_factory=list)
+    length: int = 0
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+_tracking: ContextVar[_Rendering | None] = ContextVar("_tracking", default=None)
+
+
+class TemplateOutputTooLong(ValueError):
+    """One conversation rendered to more than FT_TEMPLATE_MAX_OUTPUT_CHARS characters."""
 
 
 def _tojson(
@@ -44,9 +61,7 @@ def _environment() -> Any:
             text = caller()
             state = _tracking.get()
             if state is not None:
-                blocks, spans = state
-                start = len("".join(blocks))
-                spans.append((start, start + len(text)))
+                state.spans.append((state.length, state.length + len(text)))
             return text
 
     def raise_exception(message: str) -> None:
@@ -71,13 +86,18 @@ def render_chat(
     special_tokens: dict[str, str],
     tools: list[dict] | None = None,
     add_generation_prompt: bool = False,
+    *,
+    max_output_chars: int,
 ) -> tuple[str, list]:
     """The conversation as the template renders it (`tools` passed as apply_chat_template passes them), and the
-    character spans inside `{% generation %}` blocks."""
+    character spans inside `{% generation %}` blocks.
+
+    TemplateOutputTooLong past `max_output_chars`, checked block by block so a loop stops early; one expression
+    that builds a huge string at once is only bounded by the sandbox process's memory limit.
+    """
     compiled = _compile(template)
-    blocks: list[str] = []
-    spans: list[tuple[int, int]] = []
-    token = _tracking.set((blocks, spans))
+    state = _Rendering()
+    token = _tracking.set(state)
     try:
         for block in compiled.generate(
             messages=messages,
@@ -86,10 +106,16 @@ def render_chat(
             add_generation_prompt=add_generation_prompt,
             **special_tokens,
         ):
-            blocks.append(block)
+            state.length += len(block)
+            if state.length > max_output_chars:
+                raise TemplateOutputTooLong(
+                    f"the chat template renders this conversation to more than {max_output_chars:,} characters "
+                    "(FT_TEMPLATE_MAX_OUTPUT_CHARS): shorten the conversation, or fix the template's loops"
+                )
+            state.blocks.append(block)
     finally:
         _tracking.reset(token)
-    return "".join(blocks), spans
+    return "".join(state.blocks), state.spans
 
 
 def has_generation_markers(template: str) -> bool:
@@ -97,7 +123,7 @@ def has_generation_markers(template: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _trl_training_templates() -> dict[str, str]:
+def trl_training_templates() -> dict[str, str]:
     """TRL's patched training templates (with generation markers) keyed by the template they replace.
 
     Read as files from the installed `trl` package without importing it (that would pull in torch); an API
@@ -116,4 +142,4 @@ def _trl_training_templates() -> dict[str, str]:
 
 
 def training_template_for(template: str) -> str | None:
-    return _trl_training_templates().get(template)
+    return trl_training_templates().get(template)

@@ -12,12 +12,14 @@ from typing import Any
 
 from app.checks.preference import check_preference
 from app.checks.report import ExamplePreview, Problem, TokenLengths, ValidationReport
+from app.checks.template_sandbox import TemplateRenderError
 from app.checks.tokenization import (
     ModelTokenizer,
     Tokenized,
     choose_chat_template,
     describe,
     has_generation_markers,
+    render_examples,
     tokenize_example,
 )
 from app.spec.examples import RowError, eval_split_indices, to_example
@@ -143,8 +145,14 @@ def _tokenize(
     train_on_inputs = getattr(spec.format, "train_on_inputs", False)
     if template and "tool" not in template and any(_has_tools(example) for _, example in examples):
         report.warnings.append("the chat template renders no tools or tool calls: the model will not see them")
-    out = []
-    for number, example in examples[:MAX_TOKENIZED_ROWS]:
+    out, batch = [], examples[:MAX_TOKENIZED_ROWS]
+    try:  # every row in one sandbox run, which stops a template that uses too much memory or time
+        rendered = render_examples(tok, template, [example for _, example in batch])
+    except TemplateRenderError as exc:
+        number = batch[exc.index][0]
+        report.problems.append(Problem(field="format", row=number, message=f"row {number}: {exc.message}"))
+        return []
+    for (number, example), chat in zip(batch, rendered, strict=True):
         try:
             item = tokenize_example(
                 tok,
@@ -153,6 +161,7 @@ def _tokenize(
                 max_length=t.max_seq_length,
                 keep_end=keep_end,
                 train_on_inputs=train_on_inputs,
+                rendered=chat,
             )
             out.append(item)
         except Exception as exc:  # a template error (raise_exception, bad syntax) is the user's template at fault

@@ -8,25 +8,49 @@ whole conversation adds after it; a text prompt and answer are tokenized as they
 import math
 from typing import Any
 
-from app.checks.chat_templates import render_chat
 from app.checks.report import AnswerPreview, PreferencePreview, Problem, TokenLengths, ValidationReport
-from app.checks.tokenization import ModelTokenizer, choose_chat_template
+from app.checks.template_sandbox import TemplateRenderError, render_conversations
+from app.checks.tokenization import NO_TEMPLATE, ModelTokenizer, choose_chat_template
 
 PREVIEW_EXAMPLES = 3
+Rendered = dict[tuple[int, str], tuple[str, str]]  # (example index, side) -> (prompt alone, whole conversation)
 
 
-def _texts(tok: ModelTokenizer, template: str | None, example: dict[str, Any], side: str) -> tuple[str, str]:
+def _render_all(
+    tok: ModelTokenizer, template: str | None, examples: list[tuple[int, dict[str, Any]]], sides: tuple[str, ...]
+) -> Rendered:
+    """Each conversational example's prompt (with the generation prompt) and prompt + answer, per side, rendered in
+    one sandbox run; TemplateRenderError naming the example's index."""
+    conversations: list[dict[str, Any]] = []
+    owners: list[int] = []  # the example index of each conversation
+    places: dict[tuple[int, str], tuple[int, int]] = {}
+    for i, (_, example) in enumerate(examples):
+        prompt, tools = example["prompt"], example.get("tools")
+        if isinstance(prompt, str):
+            continue
+        if template is None:
+            raise TemplateRenderError(i, NO_TEMPLATE)
+        head = len(conversations)
+        conversations.append({"messages": prompt, "tools": tools, "add_generation_prompt": True})
+        for side in sides:
+            places[i, side] = (head, len(conversations))
+            conversations.append({"messages": [*prompt, *example[side]], "tools": tools})
+        owners += [i] * (1 + len(sides))
+    try:
+        texts = render_conversations(template or "", tok.special_tokens, conversations)
+    except TemplateRenderError as exc:
+        raise TemplateRenderError(owners[exc.index], exc.message) from None
+    return {key: (texts[head][0], texts[whole][0]) for key, (head, whole) in places.items()}
+
+
+def _texts(tok: ModelTokenizer, rendered: Rendered, i: int, example: dict[str, Any], side: str) -> tuple[str, str]:
     """(prompt text, answer text) as the trainer renders them."""
     prompt, answer = example["prompt"], example[side]
     if isinstance(prompt, str):
         return prompt, answer + tok.eos_token
-    if template is None:
-        raise ValueError("no chat template")
-    tools = example.get("tools")
-    head, _ = render_chat(template, prompt, tok.special_tokens, tools, add_generation_prompt=True)
-    whole, _ = render_chat(template, [*prompt, *answer], tok.special_tokens, tools)
+    head, whole = rendered[i, side]
     if not whole.startswith(head):  # the template renders the prompt differently alone: TRL cuts where they part
-        n = next((i for i, (a, b) in enumerate(zip(head, whole, strict=False)) if a != b), min(len(head), len(whole)))
+        n = next((k for k, (a, b) in enumerate(zip(head, whole, strict=False)) if a != b), min(len(head), len(whole)))
         return whole[:n], whole[n:]
     return head, whole[len(head) :]
 
@@ -48,17 +72,19 @@ def check_preference(
         report.warnings.append(choice.warning)
     sides = ("chosen", "rejected") if spec.format.type == "preference" else ("completion",)
     limit, truncated, lengths = spec.training.max_seq_length, 0, []
-    for number, example in examples:
-        try:
-            parts = {side: _texts(tok, choice.template, example, side) for side in sides}
-        except Exception as exc:  # the template raised on this row, or there is none for messages
-            message = (
-                f"{spec.base_model!r} has no chat template for conversational rows: give format.chat_template"
-                if str(exc) == "no chat template"
-                else str(exc)
-            )
-            report.problems.append(Problem(row=number, field="format", message=f"row {number}: {message}"))
-            return
+    try:
+        rendered = _render_all(tok, choice.template, examples, sides)
+    except TemplateRenderError as exc:  # the template failed on this row, or there is none for messages
+        number = examples[exc.index][0]
+        message = (
+            f"{spec.base_model!r} has no chat template for conversational rows: give format.chat_template"
+            if exc.message == NO_TEMPLATE
+            else exc.message
+        )
+        report.problems.append(Problem(row=number, field="format", message=f"row {number}: {message}"))
+        return
+    for i, (number, example) in enumerate(examples):
+        parts = {side: _texts(tok, rendered, i, example, side) for side in sides}
         prompt_text = parts[sides[0]][0]
         prompt_tokens = _count(tok, prompt_text, special=isinstance(example["prompt"], str))
         answers = {side: AnswerPreview(text=text, tokens=_count(tok, text, False)) for side, (_, text) in parts.items()}

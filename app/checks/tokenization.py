@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from app.checks.chat_templates import has_generation_markers, render_chat, training_template_for
+from app.checks.template_sandbox import TemplateRenderError, render_conversations
 from app.core.config import settings
-from app.datasets.hub import HubUnavailable, hub_snapshot
+from app.datasets.access import ANONYMOUS, HubAccess, check_base_model
+from app.datasets.hub import HubUnavailable, hub_model_files
 from app.spec.formats import CONVERSATIONAL, AlpacaFormat
 from app.spec.templates import is_template_name, named_template, resolve_template
 
@@ -149,6 +151,30 @@ def _weighted_spans(spans: list[tuple[int, int]], messages: list[dict[str, Any]]
     return kept, [span for span in spans if span not in kept]
 
 
+NO_TEMPLATE = "no chat template"
+
+
+def render_examples(
+    tok: ModelTokenizer, chat_template: str | None, examples: list[dict[str, Any]]
+) -> list[tuple[str, list[tuple[int, int]]] | None]:
+    """Each chat example's text and generation spans (None for the others), all rendered in one sandbox run.
+
+    TemplateRenderError naming the example's index when one fails or the template runs out of memory or time.
+    """
+    chats = [i for i, example in enumerate(examples) if "messages" in example]
+    rendered: list[tuple[str, list[tuple[int, int]]] | None] = [None] * len(examples)
+    if chats and not chat_template:
+        raise TemplateRenderError(chats[0], NO_TEMPLATE)
+    conversations = [{"messages": examples[i]["messages"], "tools": examples[i].get("tools")} for i in chats]
+    try:
+        texts = render_conversations(chat_template or "", tok.special_tokens, conversations)
+    except TemplateRenderError as exc:
+        raise TemplateRenderError(chats[exc.index], exc.message) from None
+    for i, text in zip(chats, texts, strict=True):
+        rendered[i] = text
+    return rendered
+
+
 def tokenize_example(
     tok: ModelTokenizer,
     example: dict[str, Any],
@@ -157,17 +183,25 @@ def tokenize_example(
     max_length: int,
     keep_end: bool,
     train_on_inputs: bool = False,
+    rendered: tuple[str, list[tuple[int, int]]] | None = None,
 ) -> Tokenized:
     """One example in TRL's shape -> the ids and loss mask the trainer builds for it.
 
     Chat: the assistant turns' generation spans carry loss, less those of weight-0 turns; `train_on_inputs`: every
     token but the weight-0 turns'. Prompt/completion: the completion (`train_on_inputs`: all). Text: all.
+    `rendered`: the chat as render_examples rendered it in the sandbox; without it (the worker) it is rendered here.
     """
     eos = tok.eos_token
     if "messages" in example:
         if not chat_template:
-            raise ValueError("no chat template")
-        text, spans = render_chat(chat_template, example["messages"], tok.special_tokens, example.get("tools"))
+            raise ValueError(NO_TEMPLATE)
+        text, spans = rendered or render_chat(
+            chat_template,
+            example["messages"],
+            tok.special_tokens,
+            example.get("tools"),
+            max_output_chars=settings.template_max_output_chars,
+        )
         enc = tok.tokenizer.encode(text, add_special_tokens=False)
         ids = enc.ids
         trained_spans, excluded = _weighted_spans(spans, example["messages"])
@@ -211,13 +245,10 @@ def describe(tok: ModelTokenizer, item: Tokenized) -> dict[str, str]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-def load_tokenizer(base_model: str) -> ModelTokenizer:
-    """The base model's tokenizer: a directory in FT_MODELS_DIR, else its tokenizer files from the Hub."""
-    local = (settings.resolved_models_dir / base_model).resolve()
-    if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
-        root = local
-    else:
-        root = hub_snapshot(base_model, "model", list(TOKENIZER_FILES))
-    if not (root / "tokenizer.json").is_file():
+def load_tokenizer(base_model: str, access: HubAccess = ANONYMOUS) -> ModelTokenizer:
+    """The base model's tokenizer: a directory in FT_MODELS_DIR, else its tokenizer files from the Hub, read as the
+    tenant (its allow-list, its Hub token)."""
+    root = check_base_model(access, base_model) or hub_model_files(base_model, TOKENIZER_FILES, access)
+    if root is None or not (root / "tokenizer.json").is_file():
         raise HubUnavailable(f"{base_model!r} has no tokenizer.json, which the checks need")
     return read_model_tokenizer(root)

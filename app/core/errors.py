@@ -54,7 +54,17 @@ class TooManyRequests(DomainError):
     status_code = 429
 
 
-FORMAT_TYPES = ("text", "template", "prompt_completion", "chat", "classification")
+FORMAT_TYPES = (
+    "text",
+    "template",
+    "prompt_completion",
+    "chat",
+    "sharegpt",
+    "alpaca",
+    "classification",
+    "preference",
+    "unpaired_preference",
+)
 
 
 def _location(loc: tuple[Any, ...]) -> str:

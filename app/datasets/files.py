@@ -4,12 +4,13 @@ import csv
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.core.config import settings
-from app.core.errors import Invalid, TooLarge, UnsupportedMediaType
+from app.core.errors import DomainError, Invalid, TooLarge, UnsupportedMediaType
 
 FORMATS = {
     ".jsonl": "jsonl",
@@ -37,6 +38,26 @@ BOMS = [  # UTF-32 first: its little-endian mark starts like UTF-16's
     (b"\xff\xfe", "UTF-16"),
     (b"\xfe\xff", "UTF-16"),
 ]
+
+
+MAX_NESTING = 100  # rows nest a few levels (tool schemas about 10); far deeper ones break later steps' recursion
+INT_DIGITS = sys.get_int_max_str_digits()  # Python refuses to read longer integers (0: no limit)
+HUGE_INTEGER = re.compile(rf"\d{{{INT_DIGITS + 1},}}") if INT_DIGITS else None
+# A \uD800-\uDFFF escape that is not half of a pair: JSON allows it, but it is no character and cannot be stored.
+LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class _Unreadable(Exception):
+    """JSON that json.loads refused (or read) for a reason other than syntax; `offset` is where, when known."""
+
+    def __init__(self, offset: int | None, message: str):
+        super().__init__(message)
+        self.offset = offset
+        self.message = message
 
 
 @dataclass
@@ -96,26 +117,84 @@ def _check_object(row: Any, where: str) -> dict[str, Any]:
     return row
 
 
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _too_deep_at(text: str) -> int | None:
+    depth = 0
+    for token in JSON_TOKENS.finditer(text):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(token.group(), 0)
+        if depth > MAX_NESTING:
+            return token.start()
+    return None
+
+
+def _has_unstorable_text(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _loads(text: str) -> Any:
+    """json.loads, its failures other than syntax (JSONDecodeError) and values no later step can use as _Unreadable:
+    huge integers, deep nesting, lone surrogate escapes."""
+    too_deep = f"values nest more than {MAX_NESTING} levels deep: flatten them"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise _Unreadable(_too_deep_at(text), too_deep) from None
+    except ValueError:  # Python's limit on integer digits
+        match = HUGE_INTEGER.search(text) if HUGE_INTEGER else None
+        raise _Unreadable(
+            match.start() if match else None,
+            f"a number has more than {INT_DIGITS:,} digits, more than Python reads: write it as a string in quotes",
+        ) from None
+    if text.count("[") + text.count("{") > MAX_NESTING and _depth(value) > MAX_NESTING:
+        raise _Unreadable(_too_deep_at(text), too_deep)
+    if (match := LONE_SURROGATE.search(text)) and _has_unstorable_text(value):
+        raise _Unreadable(
+            match.start(),
+            f"{match.group()} is half of a UTF-16 surrogate pair, not a character: remove it or give the whole pair",
+        )
+    return value
+
+
 def _parse_jsonl(text: str) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _loads(line)
         except json.JSONDecodeError as exc:
             raise Invalid(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except _Unreadable as exc:
+            raise Invalid(f"line {number}: {exc.message}") from None
         rows.append(_check_object(value, f"line {number}"))
     return rows
 
 
 def _parse_json(text: str) -> list[dict[str, Any]]:
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             return _parse_jsonl(text)  # JSON Lines saved as .json: read it as what it is
         raise Invalid(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except _Unreadable as exc:
+        where = "" if exc.offset is None else f"line {text.count(chr(10), 0, exc.offset) + 1}: "
+        raise Invalid(f"{where}{exc.message}") from None
     if not isinstance(value, list):
         raise Invalid("a .json dataset must be an array of objects (or upload JSON Lines as .jsonl)")
     return [_check_object(row, f"row {i} (item {i} of the array)") for i, row in enumerate(value, start=1)]
@@ -185,20 +264,32 @@ def _parse_parquet(data: bytes, max_bytes: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _parse(fmt: str, data: bytes) -> list[dict[str, Any]]:
+    if fmt == "parquet":
+        return _parse_parquet(data, settings.max_upload_bytes)
+    text = _decode(data)
+    return {
+        "jsonl": _parse_jsonl,
+        "json": _parse_json,
+        "csv": lambda t: _parse_delimited(t, ","),
+        "tsv": lambda t: _parse_delimited(t, "\t"),
+    }[fmt](text)
+
+
 def parse_dataset(filename: str, data: bytes) -> ParsedDataset:
+    """Rows and columns of an uploaded file; every way it can be unreadable is a 422 (415/413) saying how to fix it."""
     if not data.strip():
         raise Invalid("the file is empty: upload at least one row")
     fmt = detect_format(filename, data[:4096])
-    if fmt == "parquet":
-        rows = _parse_parquet(data, settings.max_upload_bytes)
-    else:
-        text = _decode(data)
-        rows = {
-            "jsonl": _parse_jsonl,
-            "json": _parse_json,
-            "csv": lambda t: _parse_delimited(t, ","),
-            "tsv": lambda t: _parse_delimited(t, "\t"),
-        }[fmt](text)
+    try:
+        rows = _parse(fmt, data)
+    except (DomainError, MemoryError):
+        raise
+    except Exception as exc:  # a parser failure no branch above foresaw: the file's, so a 422, never a 500
+        raise Invalid(
+            f"the file could not be read as {fmt.upper()} ({type(exc).__name__}: {exc}); check that it is valid "
+            f"{fmt.upper()} in UTF-8, or upload it as JSON Lines"
+        ) from None
     if not rows:
         raise Invalid("the file has no rows: upload at least one example")
     columns: dict[str, None] = {}

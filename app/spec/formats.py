@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from app.core.config import settings
 from app.spec.templates import is_template_name, named_template
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
@@ -78,15 +79,21 @@ TRAIN_ON_INPUTS = Field(
 
 
 def _known_template(value: str | None) -> str | None:
+    """A built-in name that exists, or Jinja no longer than FT_TEMPLATE_MAX_CHARS (compiling and rendering it
+    costs the API time and memory in proportion)."""
     if value is not None and is_template_name(value):
         named_template(value)  # ValueError naming the built-in ones
+    elif value is not None and len(value) > settings.template_max_chars:
+        raise ValueError(
+            f"the chat template is {len(value):,} characters, over the limit of {settings.template_max_chars:,} "
+            "(FT_TEMPLATE_MAX_CHARS): shorten it, or give a built-in name"
+        )
     return value
 
 
 ChatTemplate = Annotated[str | None, AfterValidator(_known_template)]
 CHAT_TEMPLATE = Field(
     None,
-    max_length=100_000,
     description="A Jinja chat template, or the name of a built-in one (`chatml`, `llama3`, `qwen2.5`, `qwen3`, "
     "`gemma`, `phi3`, `alpaca`); instead of the model's, and needed when it has none (unless the deployment sets "
     "FT_DEFAULT_CHAT_TEMPLATE).",
