@@ -28,6 +28,7 @@ def main(request_path: str) -> int:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # load_model places the model on the current device
 
+    from app.datasets.tenant_access import acting_for_job
     from app.spec.job import JobSpec
     from worker.report import JobReporter
     from worker.training import recipe
@@ -37,15 +38,16 @@ def main(request_path: str) -> int:
     report = RankReport(reporter, rank)
     result, error = None, None
     try:
-        result = frame_stack.call(  # one roomy frame-stack chunk: see worker/frame_stack.py
-            recipe.run,
-            spec,
-            Path(request["dataset_path"]) if request["dataset_path"] else None,
-            Path(request["out_dir"]),
-            report,
-            validation_path=Path(request["validation_path"]) if request["validation_path"] else None,
-            resume_from=Path(request["resume_from"]) if request["resume_from"] else None,
-        )
+        with acting_for_job(request["job_id"]):  # Hub reads as the job's tenant: allow-lists, its token
+            result = frame_stack.call(  # one roomy frame-stack chunk: see worker/frame_stack.py
+                recipe.run,
+                spec,
+                Path(request["dataset_path"]) if request["dataset_path"] else None,
+                Path(request["out_dir"]),
+                report,
+                validation_path=Path(request["validation_path"]) if request["validation_path"] else None,
+                resume_from=Path(request["resume_from"]) if request["resume_from"] else None,
+            )
     except BaseException as exc:  # every outcome goes back to the task process, which records it
         if rank == 0:
             log.exception("rank 0 stopped: %s", type(exc).__name__)

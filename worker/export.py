@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from app import storage
 from app.core.db import SessionLocal, session_scope
+from app.datasets.tenant_access import acting_for_job
 from app.inference.reaper import heartbeat
 from app.models import Export, utcnow
 from app.spec.job import JobSpec
@@ -51,7 +52,8 @@ def run_export(export_id: str) -> str:
     job_id, spec = claimed
     job_dir = storage.job_dir(job_id)
     try:
-        with heartbeat(SessionLocal, Export, export_id):  # a worker that dies here is reaped by the API
+        # A worker that dies here is reaped by the API; the base model is read as the job's tenant.
+        with heartbeat(SessionLocal, Export, export_id), acting_for_job(job_id):
             merged = merge_adapter(spec, storage.local_adapter_dir(job_id), job_dir / "merged")
             size, sha = pack_directory(merged, job_dir / "merged.tar.gz")
             storage.publish(job_dir / "merged.tar.gz")

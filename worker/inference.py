@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from app import storage
 from app.broker import calls as worker_calls
 from app.core.db import SessionLocal, session_scope
+from app.datasets.tenant_access import acting_for_job
 from app.inference.generate import GenerateRequest
 from app.inference.predict import PredictRequest
 from app.inference.reaper import heartbeat
@@ -118,7 +119,8 @@ def _answer(call_id: str, job_id: str, what: str, work: Callable[[], Any]) -> st
     """Run one worker call and record its answer: results, the user's error (4xx), or an internal error."""
     worker_calls.finish(call_id, "running")
     try:
-        results = work()
+        with acting_for_job(job_id):  # Hub reads (the base model) as the job's tenant: its allow-lists, its token
+            results = work()
     except (TrainingError, shared.RowError) as exc:
         log.warning("%s %s for job %s failed: %s", what, call_id, job_id, exc.message)
         kind = exc.type if isinstance(exc, TrainingError) else "invalid_request"
@@ -218,7 +220,11 @@ def run_evaluation(evaluation_id: str) -> str:
         return "skipped"  # a redelivered message, or an evaluation already done or reaped
     job_id, spec, dataset_id, options = claimed
     try:
-        with heartbeat(SessionLocal, Evaluation, evaluation_id), tempfile.TemporaryDirectory() as scratch:
+        with (
+            heartbeat(SessionLocal, Evaluation, evaluation_id),
+            tempfile.TemporaryDirectory() as scratch,
+            acting_for_job(job_id),  # Hub reads (the base model, a Hub dataset's rows) as the job's tenant
+        ):
             rows = _evaluation_rows(spec, dataset_id)
             adapter_dir = storage.local_adapter_dir(job_id)  # unpacked from the store when not on this disk
             if not (adapter_dir / "adapter_config.json").is_file():

@@ -14,7 +14,7 @@ from app import storage
 from app.broker.queue import enqueue_training
 from app.checks.init_from import init_artifact
 from app.core.db import session_scope
-from app.datasets import access as hub_access
+from app.datasets.tenant_access import acting_for_job
 from app.spec.job import JobSpec
 from app.tenants import limits
 from worker import distributed, frame_stack, messages, model_card, record
@@ -174,7 +174,7 @@ def _train(
                 validation_path=_dataset_path(spec.validation_dataset),
                 resume_from=resume_from,
             )
-        with hub_access.acting_for_job(job_id):  # Hub reads as the job's tenant: its allow-lists and its token
+        with acting_for_job(job_id):  # Hub reads as the job's tenant: its allow-lists and its token
             return recipe.run(
                 spec,
                 _dataset_path(spec.dataset),

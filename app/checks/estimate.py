@@ -6,14 +6,16 @@ smaller micro-batch and more gradient accumulation (the same effective batch), w
 
 import json
 import math
+from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
 from app.checks.data import Problem, TokenLengths, ValidationReport
-from app.core.config import settings
+from app.core.errors import Invalid
+from app.datasets.access import ANONYMOUS, HubAccess, check_base_model, local_model_dir
+from app.datasets.hub import hub_model_files
 from app.fleet.estimate import CPU, CUDA_CONTEXT, GIB, GPU, Batch, Memory, batch_shape, memory, peak_batch
 from app.fleet.gpu_classes import Fleet, GpuClass, fleet, seconds_per_micro_batch
 from app.fleet.model_shape import ModelShape, trainable_parameters
@@ -90,24 +92,40 @@ class EstimatedReport(ValidationReport):
 
 
 @lru_cache(maxsize=64)
-def _hub_config(base_model: str) -> str:
-    from huggingface_hub import hf_hub_download
-
+def _hub_config(base_model: str, access: HubAccess) -> str:
+    # Keyed by the tenant's access too: a private repo's config read with one token is never served to another.
     try:
-        return Path(hf_hub_download(base_model, "config.json")).read_text(encoding="utf-8")
+        root = hub_model_files(base_model, ["config.json"], access)
+        if root is None:
+            raise FileNotFoundError("no config.json in the repo")
+        return (root / "config.json").read_text(encoding="utf-8")
     except Exception as exc:  # offline, not on the Hub, gated: the estimate is skipped, never the job
         raise EstimateUnavailable(f"{base_model!r}: config.json could not be fetched ({type(exc).__name__})") from None
 
 
-def model_config(base_model: str) -> dict[str, Any]:
-    """The base model's config.json: from FT_MODELS_DIR, else from the Hub (only that file, cached)."""
-    local = (settings.resolved_models_dir / base_model).resolve()
+def model_config(base_model: str, access: HubAccess = ANONYMOUS) -> dict[str, Any]:
+    """The base model's config.json: from FT_MODELS_DIR, else from the Hub as the tenant (only that file, cached)."""
+    local = local_model_dir(base_model)
     try:
-        if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
+        if local is not None:
             return json.loads((local / "config.json").read_text(encoding="utf-8"))
-        return json.loads(_hub_config(base_model))
+        return json.loads(_hub_config(base_model, access))
     except (OSError, ValueError) as exc:
         raise EstimateUnavailable(f"{base_model!r}: its config.json is not readable ({exc})") from None
+
+
+def config_reader(access: HubAccess) -> Callable[[str], dict[str, Any] | None]:
+    """A base model's config.json as this tenant may read it (check_prequantized_base's reader); None when it may
+    not use the model or the config cannot be had: the checks that follow say which."""
+
+    def read(base_model: str) -> dict[str, Any] | None:
+        try:
+            check_base_model(access, base_model)
+            return model_config(base_model, access)
+        except (Invalid, EstimateUnavailable):
+            return None
+
+    return read
 
 
 def _mean_length(lengths: TokenLengths, cap: int) -> float:
@@ -235,10 +253,10 @@ def _refusal(shape: ModelShape, spec: JobSpec, est: JobEstimate) -> Problem:
     return Problem(field="training.max_seq_length", message=f"{message}; try {', or '.join(hints)}")
 
 
-def add_estimate(spec: JobSpec, report: EstimatedReport) -> None:
+def add_estimate(spec: JobSpec, report: EstimatedReport, access: HubAccess = ANONYMOUS) -> None:
     """Estimate the job for the fleet; refuse it (a problem) when it fits nowhere, or fit its micro-batch."""
     try:
-        config = model_config(spec.base_model)
+        config = model_config(spec.base_model, access)
         shape = ModelShape.from_config(config)
     except (EstimateUnavailable, ValueError) as exc:
         report.warnings.append(f"estimate: not made, {exc}")

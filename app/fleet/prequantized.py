@@ -6,7 +6,7 @@ what runs. Loading needs GPU kernels: the worker refuses the job on a CPU (docs/
 """
 
 import json
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from app.core.config import settings
@@ -30,30 +30,29 @@ def quant_method(config: dict[str, Any]) -> str | None:
     return method if method in PREQUANTIZED else None
 
 
-def _base_config(base_model: str) -> dict[str, Any] | None:
-    """The base model's config.json: from FT_MODELS_DIR, else the Hub's (cached); None when it cannot be had."""
-    local = (settings.resolved_models_dir / base_model).resolve()
-    if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
-        path: Path | None = local / "config.json"
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
+# Reads a base model's config.json as the caller's tenant may (app.checks.estimate.config_reader); None: unknown.
+ConfigReader = Callable[[str], dict[str, Any] | None]
 
-            path = Path(hf_hub_download(base_model, "config.json"))
-        except Exception:  # offline, not on the Hub, gated: the worker decides from the config it loads
-            path = None
+
+def local_config(base_model: str) -> dict[str, Any] | None:
+    """The config.json of a directory in FT_MODELS_DIR; None for a Hub id, which only a tenant's reader may read."""
+    local = (settings.resolved_models_dir / base_model).resolve()
+    if not (local.is_relative_to(settings.resolved_models_dir) and local.is_dir()):
+        return None
     try:
-        return json.loads(path.read_text()) if path is not None else None
+        return json.loads((local / "config.json").read_text())
     except (OSError, ValueError):
         return None
 
 
-def check_prequantized_base(spec: JobSpec) -> None:
+def check_prequantized_base(spec: JobSpec, read_config: ConfigReader = local_config) -> None:
     """For a GPTQ/AWQ base: refuse a second quantization or a method PEFT cannot put on it; else null the default.
 
     Raises Invalid (422) naming the field. Mutates `spec.quantization` to None when the caller left it unset.
+    `read_config` reads the base's config.json as the tenant (its allow-lists, its Hub token); when it cannot, the
+    worker decides from the config it loads.
     """
-    config = _base_config(spec.base_model)
+    config = read_config(spec.base_model)
     method = quant_method(config) if config is not None else None
     if method is None:
         return

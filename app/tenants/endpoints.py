@@ -14,8 +14,8 @@ from app.models import ApiKey
 from app.tenants import limits
 from app.tenants import service as admin_service
 from app.tenants.auth import Caller, CallerDep
-from app.tenants.schemas import SecretCreated, SecretStatus
-from app.tenants.secrets import WEBHOOK_SECRET
+from app.tenants.schemas import HubTokenSet, SecretCreated, SecretStatus
+from app.tenants.secrets import HUB_TOKEN, WEBHOOK_SECRET
 
 
 def require_admin(caller: CallerDep) -> Caller:
@@ -150,3 +150,23 @@ def delete_webhook_secret(tenant: TenantPath, session: SessionDep) -> SecretStat
     """Remove the tenant's secret: its webhooks are then signed with FT_WEBHOOK_SECRET (unsigned if unset)."""
     admin_service.remove_webhook_secret(session, tenant)
     return SecretStatus.of(tenant, WEBHOOK_SECRET, None)
+
+
+@router.get("/tenants/{tenant}/hub-token", response_model=SecretStatus)
+def hub_token_status(tenant: TenantPath, session: SessionDep) -> SecretStatus:
+    """Whether the tenant has a Hub token, and since when (never the token)."""
+    return SecretStatus.of(tenant, HUB_TOKEN, admin_service.secret_since(session, tenant, HUB_TOKEN))
+
+
+@router.put("/tenants/{tenant}/hub-token", response_model=SecretStatus)
+def set_hub_token(tenant: TenantPath, body: HubTokenSet, session: SessionDep) -> SecretStatus:
+    """Set (or replace) the Hugging Face token the tenant's Hub reads use: its private datasets, tokenizers and
+    base models, on the API and on the workers. The service's own HF_TOKEN is never used for a tenant."""
+    return SecretStatus.of(tenant, HUB_TOKEN, admin_service.set_hub_token(session, tenant, body.token))
+
+
+@router.delete("/tenants/{tenant}/hub-token", response_model=SecretStatus)
+def delete_hub_token(tenant: TenantPath, session: SessionDep) -> SecretStatus:
+    """Remove the tenant's Hub token: it then reads public repos only."""
+    admin_service.remove_hub_token(session, tenant)
+    return SecretStatus.of(tenant, HUB_TOKEN, None)

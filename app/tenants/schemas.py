@@ -11,8 +11,14 @@ class SecretStatus(BaseModel):
     """A tenant's secret as admins see it afterwards: never the secret itself."""
 
     tenant: str
-    kind: str = Field(description="`webhook_secret`: signs the tenant's webhooks (X-FT-Signature).")
-    is_set: bool = Field(description="False: the tenant's webhooks are signed with FT_WEBHOOK_SECRET, if set.")
+    kind: str = Field(
+        description="`webhook_secret`: signs the tenant's webhooks (X-FT-Signature); `hub_token`: the Hugging Face "
+        "token the tenant's Hub reads are made with."
+    )
+    is_set: bool = Field(
+        description="False: webhooks are signed with FT_WEBHOOK_SECRET, if set; Hub reads send no token (public "
+        "repos only)."
+    )
     created_at: UtcDatetime | None = Field(description="When the secret now in use was made (a rotation resets it).")
 
     @classmethod
@@ -22,3 +28,12 @@ class SecretStatus(BaseModel):
 
 class SecretCreated(SecretStatus):
     secret: str = Field(description="The secret itself: shown this once; give it to the tenant's receivers.")
+
+
+class HubTokenSet(BaseModel):
+    token: str = Field(
+        min_length=8,
+        max_length=400,
+        pattern=r"^[A-Za-z0-9_\-.]+$",
+        description="A Hugging Face access token (`hf_...`), read scope for the repos the tenant trains on.",
+    )

@@ -84,3 +84,14 @@ def remove_webhook_secret(session: Session, tenant: str) -> None:
         raise NotFound(
             f"tenant {tenant!r} has no webhook secret; make one with POST /admin/tenants/{tenant}/webhook-secret"
         )
+
+
+def set_hub_token(session: Session, tenant: str, token: str) -> datetime:
+    """Store the Hub token the tenant's Hub reads are made with (replacing any old one); never shown again."""
+    return secrets.set_secret(session, _valid_tenant(tenant), secrets.HUB_TOKEN, token).created_at
+
+
+def remove_hub_token(session: Session, tenant: str) -> None:
+    """Delete it: the tenant then reads public Hub repos only (never with the service's HF_TOKEN)."""
+    if not secrets.delete_secret(session, _valid_tenant(tenant), secrets.HUB_TOKEN):
+        raise NotFound(f"tenant {tenant!r} has no Hub token; set one with PUT /admin/tenants/{tenant}/hub-token")

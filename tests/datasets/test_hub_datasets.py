@@ -5,16 +5,26 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from alembic import command
+from alembic.config import Config
 from pydantic import ValidationError
 
 from app.checks.service import check_job_spec
 from app.core.config import settings
+from app.core.db import SessionLocal
 from app.core.errors import Invalid, TooLarge
-from app.datasets.hub import HubUnavailable, load_hub_dataset, split_files
+from app.datasets.hub import HubUnavailable, load_hub_dataset, split_files, split_paths
 from app.spec.formats import HubDataset
 from app.spec.job import JobSpec
 from app.tenants.auth import Caller
 from tests.conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def database() -> None:
+    command.upgrade(Config(str(ROOT / "alembic.ini")), "head")  # check_job_spec reads the tenant's Hub token
 
 
 def mirror_hub_dataset(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 40) -> Path:
@@ -65,6 +75,14 @@ def test_files_naming_no_split_are_all_train(tmp_path: Path) -> None:
     assert _names(tmp_path, "train") == ["quotes.jsonl"] and _names(tmp_path, "test") == []
 
 
+def test_splits_are_chosen_from_a_listing_of_paths() -> None:
+    """The same rules on the Hub's file listing, before anything is downloaded."""
+    listing = [".gitattributes", "README.md", "data/train-0.parquet", "data/test-0.parquet", "extra/valid.csv"]
+    assert split_paths(listing, "train") == ["data/train-0.parquet"]
+    assert split_paths(listing, "validation") == ["extra/valid.csv"]
+    assert split_paths(["quotes.jsonl", "notes.txt"], "train") == ["quotes.jsonl"]
+
+
 def test_load_from_the_cache_parses_like_an_upload(hub_cache: Path) -> None:
     train = "".join(json.dumps({"quote": f"q{i}", "tags": ["a", "b"]}) + "\n" for i in range(3)).encode()
     mirror_hub_dataset(hub_cache, "Abirate/english_quotes", {"quotes.jsonl": train})
@@ -103,7 +121,8 @@ def test_validate_reads_a_hub_dataset_like_an_upload(hub_cache: Path, tiny_model
         }
     )
     caller = Caller(key_id="key_x", tenant="t", is_admin=False)
-    report = check_job_spec(None, caller, spec)  # type: ignore[arg-type] - a hub dataset needs no database
+    with SessionLocal() as session:
+        report = check_job_spec(session, caller, spec)
+        missing = check_job_spec(session, caller, spec.model_copy(update={"dataset": HubDataset(hub="me/gone")}))
     assert report.ok and report.total_steps == 6 and report.examples[0].trained == "Quote 0. ->: ['life']</s>"
-    missing = check_job_spec(None, caller, spec.model_copy(update={"dataset": HubDataset(hub="me/gone")}))  # type: ignore[arg-type]
     assert missing.ok and missing.total_steps is None and "not cached" in missing.warnings[0]

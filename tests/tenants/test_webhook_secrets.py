@@ -102,3 +102,26 @@ def test_only_an_admin_key_may_see_or_set_a_secret_and_the_tenant_name_is_checke
             assert response.status_code == 403 and "admin" in response.json()["detail"]
     bad = admin.post("/admin/tenants/-no%20such/webhook-secret")
     assert bad.status_code == 422 and "not a tenant name" in bad.json()["detail"]
+
+
+def test_a_hub_token_is_set_by_an_admin_never_shown_and_used_for_the_tenants_hub_reads(
+    admin: TestClient, tenant: str
+) -> None:
+    from app.datasets.tenant_access import access_for
+
+    token = "hf_" + secrets.token_hex(16)
+    set_ = admin.put(f"/admin/tenants/{tenant}/hub-token", json={"token": token})
+    assert set_.status_code == 200, set_.text
+    assert set_.json()["is_set"] is True and token not in set_.text
+    shown = admin.get(f"/admin/tenants/{tenant}/hub-token")
+    assert shown.json()["is_set"] is True and token not in shown.text
+    with SessionLocal() as session:
+        assert access_for(session, tenant).hf_token == token
+    assert admin.delete(f"/admin/tenants/{tenant}/hub-token").json()["is_set"] is False
+    with SessionLocal() as session:
+        assert access_for(session, tenant).hf_token is False  # public repos only, never the service's HF_TOKEN
+    again = admin.delete(f"/admin/tenants/{tenant}/hub-token")
+    assert again.status_code == 404 and "PUT /admin/tenants/" in again.json()["detail"]
+    assert admin.put(f"/admin/tenants/{tenant}/hub-token", json={"token": "x y"}).status_code == 422
+    with client_for(tenant, is_admin=False) as user:
+        assert user.put(f"/admin/tenants/{tenant}/hub-token", json={"token": token}).status_code == 403

@@ -12,6 +12,7 @@ from datasets import Dataset
 
 from app.checks.tokenization import ModelTokenizer, choose_chat_template, tokenize_example
 from app.core.errors import DomainError
+from app.datasets import access as hub_access
 from app.datasets.hub import HubUnavailable, load_hub_dataset
 from app.spec import examples as shared
 from app.spec.examples import Example
@@ -29,9 +30,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def load_hub_rows(ref: HubDataset) -> list[dict[str, Any]]:
-    """A Hugging Face Hub dataset's split by name, from huggingface_hub's cache or downloaded into it."""
+    """A Hugging Face Hub dataset's split by name, read as the job's tenant (its allow-list, checked again here,
+    its size limit, its Hub token): listed first, then only the split's files downloaded, whatever their size."""
+    access = hub_access.current()
     try:
-        return load_hub_dataset(ref).rows
+        hub_access.check_hub_repo(access, ref.hub, "hub dataset")
+    except DomainError as exc:
+        raise TrainingError("invalid_spec", exc.detail) from None
+    try:
+        return load_hub_dataset(ref, access).rows
     except HubUnavailable as exc:
         raise TrainingError("dataset_not_found", f"could not load hub dataset {ref.hub!r}: {exc}") from exc
     except DomainError as exc:

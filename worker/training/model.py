@@ -8,7 +8,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from app.core.config import settings
+from app.core.errors import Invalid
+from app.datasets import access as hub_access
+from app.datasets import hub
 from app.fleet.prequantized import quant_method
 from app.spec.adapter import PREQUANTIZED_METHODS
 from app.spec.job import JobSpec, Quantization
@@ -18,14 +20,35 @@ from worker.training.speed import cpu_trains_in_fp32
 
 log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# A Hub base model's top-level files that loading reads: config, safetensors weights, tokenizer, chat template.
+MODEL_FILES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".tiktoken")
 
 
 def resolve_base_model(base_model: str) -> str:
-    """A directory in FT_MODELS_DIR if there is one by that name, else the hub id as given."""
-    local = (settings.resolved_models_dir / base_model).resolve()
-    if local.is_relative_to(settings.resolved_models_dir) and local.is_dir():
+    """The folder the base model loads from: its directory in FT_MODELS_DIR, else its Hub files downloaded as the
+    job's tenant (app/datasets/access.py `current()`: its token or none, never HF_TOKEN) into huggingface_hub's cache.
+
+    Either only if the tenant may use it: the allow-lists are checked again here, as they may have changed since
+    the job was queued. Everything then loads from a local folder, so no later `from_pretrained` asks the Hub with
+    the service's token, or is handed a cached private model the tenant's token was never shown to read.
+    """
+    access = hub_access.current()
+    try:
+        local = hub_access.check_base_model(access, base_model)
+    except Invalid as exc:
+        raise TrainingError("invalid_spec", exc.detail) from None
+    if local is not None:
         return str(local)
-    return base_model
+    try:
+        listing = hub.list_repo(base_model, "model", access)
+        wanted = [p for p in listing.files if "/" not in p and p.endswith(MODEL_FILES)]
+        root = hub.fetch(listing, wanted, access)
+    except (Invalid, hub.HubUnavailable) as exc:
+        detail = exc.detail if isinstance(exc, Invalid) else str(exc)
+        raise TrainingError("model_not_found", f"could not load base model {base_model!r}: {detail}") from None
+    if root is None:
+        raise TrainingError("model_not_found", f"base model {base_model!r} on the Hub has no config or weights")
+    return str(root)
 
 
 def device_type() -> str:
