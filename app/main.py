@@ -17,14 +17,16 @@ from app.inference.reaper import reaper
 from app.jobs import endpoints as jobs
 from app.jobs.reconciler import reconciler
 from app.jobs.retention import retention_sweeper
-from app.jobs.webhooks import WebhookDeliverer
+from app.jobs.webhook_senders import WebhookDeliverer
 from app.observability import health, metrics
 from app.observability import stream as events
 from app.observability.prometheus import install_observability
 from app.openai import endpoints as openai_compat
 from app.tenants import endpoints as admin
 from app.tenants import usage
+from app.tenants.auth import authenticate
 from app.web import mount_dashboard
+from app.web.docs import mount_docs
 
 
 @asynccontextmanager
@@ -51,6 +53,8 @@ def create_app() -> FastAPI:
         title="finetune-service",
         version="0.1.0",
         description="Fine-tune language models with LoRA and QLoRA on your own data, and download the adapters.",
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are served from a package (mount_docs)
+        redoc_url=None,
     )
     app.state.sessionmaker = SessionLocal
     install_error_handlers(app)
@@ -70,7 +74,8 @@ def create_app() -> FastAPI:
     app.include_router(admin.limits_router)
     install_observability(app)  # GET /metrics and request latency
     mount_dashboard(app)  # the web dashboard at /
-    install_security(app)  # body-size limit; errors and auth in the OpenAPI schema
+    mount_docs(app)  # /docs and /redoc, their scripts from an installed package
+    install_security(app, check_key=authenticate)  # headers, body limits, key before body; errors in the schema
     return app
 
 

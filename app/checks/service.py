@@ -12,13 +12,16 @@ from app.checks.init_from import check_init_from
 from app.checks.tokenization import ModelTokenizer, load_tokenizer
 from app.core.config import settings
 from app.core.errors import DomainError, Invalid, NotFound
+from app.datasets import access as hub_access
 from app.datasets import hub as hub_files
 from app.datasets.service import get_dataset, read_rows
+from app.datasets.tenant_access import access_for
 from app.fleet.prequantized import check_prequantized_base
 from app.fleet.routing import fleet_refusal
 from app.spec.formats import HubDataset
 from app.spec.job import JobSpec
 from app.tenants import limits as tenant_limits
+from app.tenants import quotas as tenant_quotas
 from app.tenants.auth import Caller
 
 
@@ -43,29 +46,50 @@ def _model_dir_problem(base_model: str, local: Path) -> str | None:
     return None
 
 
-def _check_base_model(base_model: str, report: ValidationReport) -> None:
+def _check_base_model(base_model: str, tenant: str, report: ValidationReport) -> None:
+    """The tenant's allow-lists, then (a directory in FT_MODELS_DIR) the worker's rules; a Hub id's tokenizer is
+    fetched below, and the worker names a model it cannot load."""
     local = settings.resolved_models_dir / base_model
-    if not local.is_dir():
-        return  # a hub id: its tokenizer is fetched below; the worker names a model it cannot load
-    problem = _model_dir_problem(base_model, local)
+    problem = hub_access.base_model_refusal(tenant, base_model, is_local=local.is_dir())
+    if problem is None and local.is_dir():
+        problem = _model_dir_problem(base_model, local)
     if problem:
         report.problems.append(Problem(field="base_model", message=problem))
 
 
+def _hub_source(field: str, ref: HubDataset, access: hub_access.HubAccess, report: ValidationReport) -> DataSource:
+    """A Hub dataset's split: listed (and held to the tenant's limits) first, read here only when it is small
+    enough for the API host; a larger one is downloaded and its rows checked by the worker when the job starts."""
+    label = f"{ref.hub!r} (split {ref.split!r})"
+    try:
+        split = hub_files.list_hub_split(ref, access)
+        if split.size > settings.hub_max_api_host_bytes:
+            report.warnings.append(
+                f"{field}: {label} is {split.size:,} bytes, over FT_HUB_MAX_API_HOST_BYTES "
+                f"({settings.hub_max_api_host_bytes:,}), so it is not downloaded here: its {len(split.paths)} files "
+                "exist and are within this tenant's size limit, and their rows are checked when the job starts"
+            )
+            return DataSource(field, label, None)
+        parsed = hub_files.read_hub_split(split, access)
+    except hub_files.HubUnavailable as exc:
+        report.warnings.append(f"{field}: {exc}; its rows are checked on the worker instead")
+        return DataSource(field, label, None)
+    except DomainError as exc:
+        report.problems.append(Problem(field=field, message=exc.detail))
+        return DataSource(field, label, None)
+    return DataSource(field, label, parsed.rows, parsed.columns)
+
+
 def _source(
-    session: Session, caller: Caller, field: str, ref: str | HubDataset, report: ValidationReport
+    session: Session,
+    caller: Caller,
+    field: str,
+    ref: str | HubDataset,
+    report: ValidationReport,
+    access: hub_access.HubAccess,
 ) -> DataSource:
     if isinstance(ref, HubDataset):
-        label = f"{ref.hub!r} (split {ref.split!r})"
-        try:
-            parsed = hub_files.load_hub_dataset(ref)
-        except hub_files.HubUnavailable as exc:
-            report.warnings.append(f"{field}: {exc}; its rows are checked on the worker instead")
-            return DataSource(field, label, None)
-        except DomainError as exc:
-            report.problems.append(Problem(field=field, message=exc.detail))
-            return DataSource(field, label, None)
-        return DataSource(field, label, parsed.rows, parsed.columns)
+        return _hub_source(field, ref, access, report)
     try:
         dataset = get_dataset(session, caller, ref)
     except NotFound as exc:
@@ -74,10 +98,12 @@ def _source(
     return DataSource(field, dataset.id, read_rows(dataset.id), list(dataset.columns))
 
 
-def _tokenizer_loader(base_model: str, report: ValidationReport):  # noqa: ANN202 - a zero-argument callable
+def _tokenizer_loader(base_model: str, access: hub_access.HubAccess, report: ValidationReport):  # noqa: ANN202
     def load() -> ModelTokenizer | None:
+        if any(p.field == "base_model" for p in report.problems):
+            return None  # a model the tenant may not use (or cannot be trained on): nothing of it is fetched
         try:
-            return load_tokenizer(base_model)
+            return load_tokenizer(base_model, access)
         except hub_files.HubUnavailable as exc:
             report.warnings.append(f"base_model: {exc}; token lengths, truncation and masks were not checked")
         except Invalid as exc:
@@ -92,16 +118,17 @@ def _tokenizer_loader(base_model: str, report: ValidationReport):  # noqa: ANN20
 def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> ValidationReport:
     """Every check POST /jobs runs, as a report (nothing is queued)."""
     report = estimate_service.EstimatedReport(ok=False)
-    _check_base_model(spec.base_model, report)
+    access = access_for(session, caller.tenant)  # the tenant's allow-lists and Hub token, never HF_TOKEN
+    _check_base_model(spec.base_model, caller.tenant, report)
     check_init_from(session, caller, spec, report)
-    train = _source(session, caller, "dataset", spec.dataset, report)
+    train = _source(session, caller, "dataset", spec.dataset, report, access)
     evals = None
     if spec.validation_dataset is not None:
-        evals = _source(session, caller, "validation_dataset", spec.validation_dataset, report)
+        evals = _source(session, caller, "validation_dataset", spec.validation_dataset, report, access)
     check = check_classification if spec.task == "classification" else check_data
-    check(spec, train, evals, _tokenizer_loader(spec.base_model, report), report)
+    check(spec, train, evals, _tokenizer_loader(spec.base_model, access, report), report)
     if not any(p.field == "base_model" for p in report.problems):
-        estimate_service.add_estimate(spec, report)  # memory, time, GPU-hours; refuses a job that fits no GPU
+        estimate_service.add_estimate(spec, report, access)  # memory, time, GPU-hours; refuses a job that fits no GPU
     return check_spec_bounds(spec, caller.tenant, report)
 
 
@@ -120,7 +147,7 @@ def validate_submission(session: Session, caller: Caller, spec: JobSpec) -> Vali
     A GPTQ/AWQ base is checked first: a second quantization is refused, a default one becomes null.
     """
     check_fleet_fits(spec)
-    check_prequantized_base(spec)
+    check_prequantized_base(spec, estimate_service.config_reader(access_for(session, caller.tenant)))
     report = check_job_spec(session, caller, spec)
     enforce(report)
     return report
@@ -164,6 +191,7 @@ def check_spec_bounds(spec: JobSpec, tenant: str, report: ValidationReport) -> V
             found.append(Problem(field="training.epochs", message=message))
     over("training.max_seq_length", t.max_seq_length, "max_seq_length", "lower it")
     over("lora.r", spec.lora.r, "max_lora_rank", "lower it")
+    found += [Problem(field=f, message=m) for f, m in tenant_quotas.bound_problems(spec, limits, report.total_steps)]
     report.problems.extend(found)
     report.ok = not report.problems
     return report

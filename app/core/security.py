@@ -1,21 +1,30 @@
-"""The API's outer defences: a request-body size limit, no compressed bodies, and an honest OpenAPI schema.
+"""The API's outer defences: a body size limit, no compressed bodies, the key before the body, browser
+security headers, and an honest OpenAPI schema.
 
 The body limit acts before any route reads a byte: JSON and form bodies get FT_MAX_REQUEST_BODY_BYTES,
 multipart uploads the largest FT_MAX_UPLOAD_BYTES any tenant has (each tenant's own limit is applied once
-its key is known). The schema declares the errors each operation can answer and the bearer-key scheme.
+its key is known). A request with a body and no valid key is answered 401 before any of the body is read,
+so no one without a key can make the API receive, parse or spool an upload. Every response says `nosniff`;
+pages (the dashboard, the docs) may run only the scripts and styles the API itself serves, and may not be
+framed. The schema declares the errors each operation can answer and the bearer-key scheme.
 """
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import settings
-from app.core.errors import OPENAI_STATUS, is_openai_path, openai_error
+from app.core.errors import OPENAI_STATUS, DomainError, is_openai_path, openai_error
 
 MULTIPART_FRAMING_BYTES = 64 * 1024  # the form's boundaries, headers and a `name` field around the file
 PUBLIC_PATHS = {"/healthz", "/readyz"}
@@ -71,10 +80,110 @@ class RequestBodyLimit:
         await self.app(scope, counted, send)
 
 
-async def _reject(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+async def _reject(
+    scope: Scope, receive: Receive, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
     request = Request(scope)
-    response = openai_error(status, detail) if is_openai_path(request) else JSONResponse({"detail": detail}, status)
+    if is_openai_path(request):
+        response = openai_error(status, detail, headers=headers)
+    else:
+        response = JSONResponse({"detail": detail}, status, headers=headers)
     await response(scope, receive, send)
+
+
+# --- the key before the body ---
+
+# Checks an `Authorization` header against SQL, raising a DomainError (401) when it is no valid key. Given by
+# app.main (app/tenants/auth.py's authenticate): this module sits below the tenants layer and cannot import it.
+KeyCheck = Callable[[Session, str | None], object]
+
+
+def _declares_body(headers: dict[str, str]) -> bool:
+    return headers.get("content-length", "0").strip() not in ("", "0") or "transfer-encoding" in headers
+
+
+class KeyBeforeBody:
+    """401 for a request that brings a body without a valid key, answered before any of the body is read.
+
+    Routes check the key too (they need the caller), but only once FastAPI has read and parsed the body: a
+    multipart upload is spooled to disk first. Checked here only for requests that declare a body, in a worker
+    thread with the app's sessionmaker (the check is a SQL query); the health probes are left alone.
+    """
+
+    def __init__(self, app: ASGIApp, check_key: KeyCheck):
+        self.app = app
+        self.check_key = check_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not _declares_body(headers):
+            await self.app(scope, receive, send)
+            return
+        make_session = scope["app"].state.sessionmaker
+        try:
+            await anyio.to_thread.run_sync(self._check, make_session, headers.get("authorization"))
+        except DomainError as exc:
+            await _reject(scope, receive, send, exc.status_code, exc.detail, exc.headers)
+            return
+        await self.app(scope, receive, send)
+
+    def _check(self, make_session: Callable[[], Session], authorization: str | None) -> None:
+        with make_session() as session:
+            self.check_key(session, authorization)
+
+
+# --- headers that tell browsers what a response may do ---
+
+# Pages run only what the API serves: no inline script or style, nothing from another origin, no framing.
+# `data:` images: the dashboard's empty favicon and Swagger UI's icons (in its stylesheet).
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"  # JSON, files, streams: never a page
+
+
+def page_policy() -> str:
+    """The pages' CSP; with presigned downloads the dashboard's fetch follows a 307 to the bucket, so its origin
+    may be fetched too."""
+    if settings.storage_backend != "s3" or not settings.s3_presign_downloads:
+        return PAGE_POLICY
+    if settings.s3_endpoint_url:
+        parts = urlsplit(settings.s3_endpoint_url)
+        bucket_origin = f"{parts.scheme}://{parts.netloc}"
+    else:
+        bucket_origin = "https://*.amazonaws.com"
+    return f"{PAGE_POLICY}; connect-src 'self' {bucket_origin}"
+
+
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer` on every response; on HTML the
+    pages' Content-Security-Policy and `X-Frame-Options: DENY` (for browsers without frame-ancestors)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self.page_policy = page_policy()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                page = headers.get("content-type", "").startswith("text/html")
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                headers.setdefault("Content-Security-Policy", self.page_policy if page else OTHER_POLICY)
+                if page:
+                    headers.setdefault("X-Frame-Options", "DENY")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 # --- the OpenAPI schema: every operation's errors, and the bearer scheme ---
@@ -173,6 +282,10 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_security(app: FastAPI) -> None:
+def install_security(app: FastAPI, check_key: KeyCheck) -> None:
+    """The outer defences, outermost first: headers on every answer, body limits (from the headers alone),
+    then the key before the body."""
+    app.add_middleware(KeyBeforeBody, check_key=check_key)
     app.add_middleware(RequestBodyLimit)
+    app.add_middleware(SecurityHeaders)
     install_openapi(app)

@@ -21,7 +21,9 @@ from app.jobs import service as jobs_service
 from app.models import Export, Job
 from app.spec.adapter import PROMPT_LEARNING
 from app.spec.formats import StrictModel
+from app.tenants import quotas, slots
 from app.tenants.auth import CallerDep
+from app.tenants.limits import LIMITED, inference_rate
 
 router = APIRouter(prefix="/jobs", tags=["exports"])
 MERGEABLE = {"lora", "dora", "rslora", "ia3"}
@@ -79,13 +81,21 @@ def create_export(session: Session, job: Job, kind: str) -> Export:
         raise Conflict(f"a {method} adapter cannot be merged into the base; export works for lora, dora, rslora, ia3")
     if job.status != "succeeded":
         raise Conflict(f"job {job.id} is {job.status}: an export needs the adapter of a succeeded job")
+    quotas.check_artifact_quota(session, job.tenant)  # the export is stored with the job's other artifacts
+    slots.check_calls_in_flight(session, job.tenant)  # 429 when the tenant's worker calls are at its limit
     export = Export(job_id=job.id, kind=kind, status="queued")
     session.add(export)
     session.flush()
     return export
 
 
-@router.post("/{job_id}/exports", status_code=202, response_model=ExportPublic)
+@router.post(
+    "/{job_id}/exports",
+    status_code=202,
+    response_model=ExportPublic,
+    dependencies=[inference_rate("exports")],
+    responses=LIMITED,
+)
 def start_export(job_id: str, body: ExportCreate, caller: CallerDep, session: SessionDep) -> ExportPublic:
     """Queue an export; poll GET /jobs/{id}/exports/{export_id} until `succeeded`, then download the artifact."""
     job = jobs_service.get_job(session, caller, job_id)

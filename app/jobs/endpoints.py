@@ -115,7 +115,12 @@ def clone_job(
     return _public(session, job)
 
 
-def _artifacts(request: Request, job_id: str, artifacts: list[Artifact]) -> ArtifactsPublic:
+PageLimit = Annotated[int, Query(ge=1, le=1000, description="Artifacts per page (oldest first).")]
+PageCursor = Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")]
+
+
+def _artifacts(request: Request, job_id: str, page: tuple[list[Artifact], str | None]) -> ArtifactsPublic:
+    artifacts, next_cursor = page
     return ArtifactsPublic(
         data=[
             ArtifactPublic(
@@ -128,21 +133,37 @@ def _artifacts(request: Request, job_id: str, artifacts: list[Artifact]) -> Arti
                 download_url=str(request.url_for("download_artifact", job_id=job_id, name=a.name)),
             )
             for a in artifacts
-        ]
+        ],
+        next_cursor=next_cursor,
     )
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
-def list_artifacts(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+def list_artifacts(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    request: Request,
+    limit: PageLimit = 100,
+    cursor: PageCursor = None,
+) -> ArtifactsPublic:
+    """The job's adapter, packed checkpoints and exports, oldest first, a page at a time (`next_cursor`)."""
     job = jobs_service.get_job(session, caller, job_id)
-    return _artifacts(request, job.id, jobs_service.list_artifacts(session, job))
+    return _artifacts(request, job.id, jobs_service.artifacts_page(session, job, None, limit, cursor))
 
 
 @router.get("/{job_id}/checkpoints", response_model=ArtifactsPublic)
-def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> ArtifactsPublic:
+def list_checkpoints(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    request: Request,
+    limit: PageLimit = 100,
+    cursor: PageCursor = None,
+) -> ArtifactsPublic:
     """Packed checkpoint adapters, oldest first; each downloads as a .tar.gz like the adapter."""
     job = jobs_service.get_job(session, caller, job_id)
-    return _artifacts(request, job.id, jobs_service.list_artifacts(session, job, kind="checkpoint"))
+    return _artifacts(request, job.id, jobs_service.artifacts_page(session, job, "checkpoint", limit, cursor))
 
 
 @router.get(

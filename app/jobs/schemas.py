@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.core.schemas import UtcDatetime
 from app.models import Job
@@ -46,9 +46,13 @@ class JobPublic(BaseModel):
     evaluation: dict[str, Any] | None = None  # base vs adapter (training.evaluate_base)
     estimate: dict[str, Any] | None = None  # memory, time, GPU-hours at submission: app/checks/estimate.py
     artifacts_deleted_at: UtcDatetime | None = None  # files removed by DELETE ?keep_metrics=true or retention
-    priority: int = 0  # the spec's priority, 0 to 9 (higher starts first)
+    priority: int = 0  # the spec's priority, 0 to the tenant's max_priority (higher starts first)
     queue: str | None = None  # the broker queue it waits in: which workers can take it (docs/operations.md, Fleet)
-    queue_position: int | None = None  # while queued: 1 = the next its queue hands to a worker
+    queue_position: int | None = Field(
+        None,
+        description="While queued: its place among your tenant's queued jobs in its queue (1: the next of them a "
+        "worker takes). Other tenants' jobs are not counted, so it says nothing of how busy they keep the queue.",
+    )
 
     @classmethod
     def of(cls, job: Job, queue_position: int | None = None) -> "JobPublic":
@@ -102,4 +106,4 @@ class ArtifactPublic(BaseModel):
 
 class ArtifactsPublic(BaseModel):
     data: list[ArtifactPublic]
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")

@@ -5,7 +5,7 @@ import logging
 import re
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from app.jobs import retention
 from app.jobs.webhooks import notify_job_finished
 from app.models import TERMINAL_STATUSES, Artifact, Job, utcnow
 from app.spec.job import JobSpec
-from app.tenants import limits
+from app.tenants import limits, quotas
 from app.tenants.auth import Caller, can_see, listing_tenant
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         if existing is not None:
             return existing, False
     limits.check_queued_quota(session, caller.tenant)
+    quotas.check_artifact_quota(session, caller.tenant)
     report = validate_service.validate_submission(session, caller, spec)
     spec = estimate_service.spec_to_run(spec, report)  # auto_fit_batch may have lowered the micro-batch
     job = Job(
@@ -83,8 +84,11 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """1 for the next job its queue hands out: queued jobs in the same queue with a higher priority, or the same
-    priority and created earlier, are ahead. None unless queued."""
+    """1 for the next of its tenant's jobs its queue hands out: the tenant's queued jobs in the same queue with a
+    higher priority, or the same priority and created earlier, are ahead. None unless queued.
+
+    Other tenants' jobs are not counted: a position must not tell a tenant how busy the others are.
+    """
     if job.status != "queued":
         return None
     same_priority_earlier = and_(
@@ -92,6 +96,7 @@ def queue_position(session: Session, job: Job) -> int | None:
         or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
     )
     ahead = select(func.count()).where(
+        Job.tenant == job.tenant,
         Job.status == "queued",
         Job.queue.is_(None) if job.queue is None else Job.queue == job.queue,
         or_(Job.priority > job.priority, same_priority_earlier),
@@ -99,16 +104,17 @@ def queue_position(session: Session, job: Job) -> int | None:
     return 1 + (session.scalar(ahead) or 0)
 
 
-def _encode_cursor(job: Job) -> str:
-    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+def _encode_cursor(created_at: datetime, key: str) -> str:
+    """An opaque page cursor: where the last row shown sorts (its time, then its id or name)."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{key}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str, key_shape: re.Pattern[str]) -> tuple[datetime, str]:
     try:
-        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        if not storage.SAFE_ID.fullmatch(job_id):
-            raise ValueError(job_id)
-        return datetime.fromisoformat(created), job_id
+        created, key = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        if not key_shape.fullmatch(key):
+            raise ValueError(key)
+        return datetime.fromisoformat(created), key
     except (ValueError, UnicodeDecodeError):
         raise Invalid("cursor: not a cursor this API returned; pass next_cursor from a previous page") from None
 
@@ -123,10 +129,10 @@ def list_jobs(
     if status:
         query = query.where(Job.status == status)
     if cursor:
-        created, job_id = _decode_cursor(cursor)
+        created, job_id = _decode_cursor(cursor, storage.SAFE_ID)
         query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
     jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    next_cursor = _encode_cursor(jobs[limit - 1].created_at, jobs[limit - 1].id) if len(jobs) > limit else None
     return jobs[:limit], next_cursor
 
 
@@ -164,10 +170,30 @@ def delete_job(session: Session, caller: Caller, job_id: str, keep_metrics: bool
 
 
 def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[Artifact]:
+    """All the job's artifacts, oldest first (internal readers; the API lists pages: artifacts_page)."""
+    return list(session.scalars(_artifacts_query(job, kind)))
+
+
+def _artifacts_query(job: Job, kind: str | None) -> Select[tuple[Artifact]]:
     query = select(Artifact).where(Artifact.job_id == job.id)
     if kind:
         query = query.where(Artifact.kind == kind)
-    return list(session.scalars(query.order_by(Artifact.created_at, Artifact.name)))
+    return query.order_by(Artifact.created_at, Artifact.name)
+
+
+def artifacts_page(
+    session: Session, job: Job, kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[Artifact], str | None]:
+    """`limit` of the job's artifacts, oldest first, after `cursor`; and the next page's cursor (None: the last)."""
+    query = _artifacts_query(job, kind)
+    if cursor:
+        created, name = _decode_cursor(cursor, ARTIFACT_NAME)
+        query = query.where(
+            or_(Artifact.created_at > created, and_(Artifact.created_at == created, Artifact.name > name))
+        )
+    rows = list(session.scalars(query.limit(limit + 1)))
+    next_cursor = _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].name) if len(rows) > limit else None
+    return rows[:limit], next_cursor
 
 
 def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, str]:

@@ -2,6 +2,7 @@
 submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved."""
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def page(browser: Browser) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Whatever the page's Content-Security-Policy refused (an inline style, a script from elsewhere) is an error too.
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
@@ -47,6 +50,14 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def chart_points(page: Page, chart: str = "#loss-chart") -> int:
     return int(page.locator(chart).get_attribute("data-points") or 0)
+
+
+def wait_for_points(page: Page, chart: str, more_than: int, timeout_ms: float = LIVE_TIMEOUT_MS) -> None:
+    """Poll from here: page.wait_for_function evaluates its predicate with eval, which the page's CSP refuses."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while chart_points(page, chart) <= more_than:
+        assert time.monotonic() < deadline, f"{chart} still has {chart_points(page, chart)} points"
+        page.wait_for_timeout(250)
 
 
 def sign_in(page: Page, stack: Stack) -> None:
@@ -105,13 +116,8 @@ def test_sign_in_submit_watch_the_curve_grow_and_cancel(stack: Stack, page: Page
     expect(page.locator("#job-title")).to_have_text("browser-job", timeout=LIVE_TIMEOUT_MS)  # once it runs
     expect(page.locator("#job-spec")).to_contain_text('"template": "{quote} ->: {tags}"')
 
-    page.wait_for_function(
-        "Number(document.querySelector('#loss-chart').dataset.points) >= 1", timeout=LIVE_TIMEOUT_MS
-    )  # the curve draws ...
-    first = chart_points(page)
-    page.wait_for_function(
-        f"Number(document.querySelector('#loss-chart').dataset.points) > {first}", timeout=LIVE_TIMEOUT_MS
-    )  # ... and grows, live
+    wait_for_points(page, "#loss-chart", 0)  # the curve draws ...
+    wait_for_points(page, "#loss-chart", chart_points(page))  # ... and grows, live
     expect(page.locator("#job-status .badge")).to_have_text("running")
     assert chart_points(page, "#lr-chart") >= 1 and chart_points(page, "#tps-chart") >= 0
     expect(page.locator("#job-progress .progress-text")).to_contain_text("/ 300")
@@ -171,5 +177,5 @@ def test_a_preference_job_shows_its_reward_curves(stack: Stack, page: Page) -> N
     sign_in(page, stack)
     page.goto(f"{stack.local.base_url}/#/jobs/{created.json()['id']}")
     expect(page.locator("#reward-chart")).to_be_visible(timeout=LIVE_TIMEOUT_MS)
-    page.wait_for_function("Number(document.querySelector('#reward-chart').dataset.points) >= 4")
+    wait_for_points(page, "#reward-chart", 3, timeout_ms=30_000)
     expect(page.locator("#loss-chart")).to_be_visible()
