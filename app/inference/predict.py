@@ -47,16 +47,17 @@ class PredictResponse(BaseModel):
 
 
 def _prepare(session: Session, caller: Caller, job_id: str, texts: list[str]) -> tuple[Job, dict[str, Any], int]:
-    """The job; what the worker needs (the job's spec, its adapter archive and checksum, and the texts); and the
-    tenant's exports and evaluations in flight. Then the session is closed: no connection held while a worker works."""
+    """The job; what the worker is sent (the texts only: it reads the spec, the adapter and its checksum from SQL,
+    worker/messages.py); and the tenant's exports and evaluations in flight. Then the session is closed: no
+    connection held while a worker works."""
     try:
         job = jobs_service.get_job(session, caller, job_id)
         if job.spec.get("task") != "classification":
             raise Conflict(
                 f"job {job.id} is not a classification job: predict needs task classification (try /generate)"
             )
-        artifact, _ = jobs_service.artifact_file(session, job, "adapter")  # 409 until the job has succeeded
-        payload = {"spec": job.spec, "adapter": artifact.path, "sha256": artifact.sha256, "texts": texts}
+        jobs_service.artifact_file(session, job, "adapter")  # 409 until the job has succeeded
+        payload = {"texts": texts}
         return job, payload, slots.call_rows_in_flight(session, job.tenant)
     finally:
         session.close()
