@@ -8,3 +8,4 @@ GENERATE_TASK = "finetune.generate"
 PREDICT_TASK = "finetune.predict"
 EXPORT_TASK = "finetune.export"
 EVALUATE_TASK = "finetune.evaluate"
+SERVE_TASK = "finetune.serve"  # wakes the embedded serving backend: it drains app/broker/serving.py's queue

@@ -93,6 +93,35 @@ class Settings(BaseSettings):
     inference_timeout_s: float = Field(
         120, gt=0, description="How long POST /jobs/{id}/predict waits for a worker's answer before a 504."
     )
+    # Serving trained models (app/serving/, docs/serving.md): /v1/chat/completions and /v1/completions.
+    serving_backend: Literal["embedded", "vllm"] = Field(
+        "embedded",
+        description="`embedded`: the inference worker generates (base model kept loaded, adapters beside it); "
+        "`vllm`: requests are proxied to the vLLM OpenAI server at FT_VLLM_URL, adapters registered at run time.",
+    )
+    vllm_url: str | None = Field(
+        None, description="The vLLM OpenAI server, e.g. `http://vllm:8000` (FT_SERVING_BACKEND=vllm)."
+    )
+    vllm_api_key: str | None = Field(None, description="The key vLLM was started with (`--api-key`), if any.")
+    vllm_adapter_dir: Path | None = Field(
+        None,
+        description="A directory the API writes unpacked adapters to and the vLLM server reads them from (a shared "
+        "volume); default: data_dir/serving/adapters.",
+    )
+    serving_max_tokens: int = Field(1024, ge=1, description="Largest max_tokens a completion may ask for (400 above).")
+    serving_max_queue: int = Field(
+        64, ge=1, description="Completions waiting for the embedded backend across tenants; more are 429."
+    )
+    serving_timeout_s: float = Field(120, gt=0, description="How long one completion may take before a 504.")
+    serving_max_batch: int = Field(8, ge=1, description="Completions the embedded backend generates in one batch.")
+    serving_max_adapters: int = Field(
+        8, ge=1, description="Adapters the embedded backend keeps loaded beside its base."
+    )
+    serving_adapter_memory_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Memory the embedded backend's loaded adapters may take; the least used go first.",
+    )
     inference_stale_after_s: float = Field(
         300,
         gt=0,
