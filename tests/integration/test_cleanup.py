@@ -125,7 +125,7 @@ def test_delete_a_dataset(tenant: Stack, stack: Stack) -> None:
 
 def test_delete_a_running_job(tenant: Stack) -> None:
     dataset = tenant.upload("quotes.jsonl", quotes_jsonl(6))
-    job = tenant.client.post("/jobs", json=short(dataset["id"], max_steps=500, checkpoint_every_steps=1)).json()
+    job = tenant.client.post("/jobs", json=short(dataset["id"], max_steps=500, checkpoint_every_steps=10)).json()
     eventually(lambda: tenant.client.get(f"/jobs/{job['id']}").json()["progress"]["step"] >= 2, what="step 2")
     deleted = tenant.client.delete(f"/jobs/{job['id']}").json()
     assert deleted == {**deleted, "id": job["id"], "deleted": True, "cancelled": True, "kept_metrics": False}
