@@ -80,6 +80,7 @@ class UsagePublic(BaseModel):
     queued_jobs: int
     running_jobs: int
     dataset_bytes: int
+    artifact_bytes: int = Field(description="Adapters, checkpoints and exports, against max_artifact_storage_bytes.")
 
 
 class TenantPublic(BaseModel):

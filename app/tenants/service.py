@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app import storage
 from app.core.errors import Invalid, NotFound
 from app.models import ApiKey, Dataset, Job, TenantSecret, utcnow
-from app.tenants import limits, secrets
+from app.tenants import limits, quotas, secrets
 from app.tenants.auth import TENANT_NAME, create_key
 
 
@@ -54,6 +54,7 @@ def usage(session: Session, tenant: str) -> dict[str, int]:
         "queued_jobs": jobs.get("queued", 0),
         "running_jobs": jobs.get("running", 0) + jobs.get("cancelling", 0),
         "dataset_bytes": limits.dataset_bytes(session, tenant),
+        "artifact_bytes": quotas.artifact_bytes(session, tenant),
     }
 
 

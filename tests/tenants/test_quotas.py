@@ -87,6 +87,7 @@ def test_artifact_quota_refuses_submit_and_export_until_space_is_freed(
     add_job(f"{tenant}-other", artifacts={"adapter": 10_000})  # another tenant's bytes are not counted
     with SessionLocal() as session:
         assert quotas.artifact_bytes(session, tenant) == 1000
+    assert client.get("/limits").json()["usage"]["artifact_bytes"] == 1000, "GET /limits shows it beside the limit"
 
     refused = client.post("/jobs", json={"base_model": "tiny", "dataset": NO_DATASET})
     assert refused.status_code == 429, refused.text
