@@ -22,6 +22,7 @@ from app.observability import health, metrics
 from app.observability import stream as events
 from app.observability.prometheus import install_observability
 from app.openai import endpoints as openai_compat
+from app.serving import endpoints as serving
 from app.tenants import endpoints as admin
 from app.tenants import usage
 from app.tenants.auth import authenticate
@@ -69,6 +70,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(openai_compat.router)
+    app.include_router(serving.router)  # /v1/models, /v1/chat/completions, /v1/completions
     app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(admin.limits_router)

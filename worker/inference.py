@@ -64,18 +64,19 @@ class ModelCache:
 _classifiers = ModelCache(MAX_LOADED_MODELS)
 
 
-def unpacked_adapter(job_id: str, archive: Path, sha256: str) -> Path:
+def unpacked_adapter(job_id: str, archive: Path, sha256: str, marker: str = LABELS_FILE) -> Path:
     """The adapter archive extracted once per checksum under FT_DATA_DIR/cache/adapters.
 
     The archive must hash to `sha256` (the Artifact row's), so the cache key is honest; the directory is built from
     a checked id and checksum only and kept inside FT_DATA_DIR before anything is deleted or extracted there.
+    `marker`: the file a usable adapter has (a classifier's labels; serving asks for `adapter_config.json`).
     """
     if not storage.SAFE_ID.fullmatch(job_id) or not SHA256.fullmatch(sha256):
         raise TrainingError("conflict", f"refused to unpack adapter {job_id!r}/{sha256!r}: not an id and checksum")
     dest = (storage.data_root() / "cache" / "adapters" / f"{job_id}-{sha256[:16]}").resolve()
     if not dest.is_relative_to(storage.data_root()):
         raise TrainingError("conflict", f"refused to unpack job {job_id}'s adapter outside the data directory")
-    if (dest / LABELS_FILE).is_file():
+    if (dest / marker).is_file():
         return dest
     if not archive.is_file():
         raise TrainingError("conflict", f"the adapter of job {job_id} is recorded but its file is missing")
@@ -85,8 +86,8 @@ def unpacked_adapter(job_id: str, archive: Path, sha256: str) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(partial, filter="data")
-    if not (partial / LABELS_FILE).is_file():
-        raise TrainingError("conflict", f"job {job_id}'s adapter has no {LABELS_FILE}: it is not a classifier")
+    if not (partial / marker).is_file():
+        raise TrainingError("conflict", f"job {job_id}'s adapter has no {marker}: it is not the adapter asked for")
     shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
     return dest

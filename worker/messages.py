@@ -1,8 +1,9 @@
 """What a task message may carry, checked before anything acts on it: the worker does not trust Redis.
 
 Anyone who can write to the broker can send any JSON task, so a message is only a pointer: ids of ours (`job_...`,
-`gen_...`, `exp_...`, `ev_...`), checked for shape before they reach SQL, Redis or a path, plus the request data a
-caller typed (texts, prompts, sampling options), re-checked with the API's own request models and bounds.
+`gen_...`, `exp_...`, `ev_...`, a queued completion's `cmpl_...`), checked for shape before they reach SQL, Redis
+or a path, plus the request data a caller typed (texts, prompts, sampling options), re-checked with the API's own
+request models and bounds.
 Everything else (a job's spec, its adapter's key and checksum, its tenant) is read from SQL by id. A call
 (predict, generate) must also match the record the API wrote in Redis when it sent the task: same job, still
 `queued`, and the job's tenant when the record names one. A message that fails those checks is logged and
@@ -37,7 +38,7 @@ def refuse(what: str, exc: Refused) -> str:
 
 
 def checked_id(value: object, prefix: str) -> str:
-    """`value` if it is one of our ids with this prefix (`job`, `gen`, `exp`, `ev`); else Refused."""
+    """`value` if it is one of our ids with this prefix (`job`, `gen`, `exp`, `ev`, `cmpl`); else Refused."""
     if not isinstance(value, str) or not storage.SAFE_ID.fullmatch(value) or not value.startswith(prefix + "_"):
         raise Refused(f"{str(value)[:100]!r} is not a {prefix}_<24 hex> id")
     return value

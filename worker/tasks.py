@@ -1,11 +1,12 @@
 """Every Celery task the worker registers, kept thin: the task names its record; the bodies claim, run and record.
 
-Training: worker/job_runner.py; predict, generate and evaluations: worker/inference.py; exports: worker/export.py.
+Training: worker/job_runner.py; predict, generate and evaluations: worker/inference.py; exports: worker/export.py;
+/v1 completions on the embedded backend: worker/serving.py.
 A message carries ids (and a call's request data) only; each body checks them first (worker/messages.py) and
 returns "refused" for one that does not check out.
 """
 
-from app.broker.tasks import EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK, PREDICT_TASK, TRAIN_TASK
+from app.broker.tasks import EVALUATE_TASK, EXPORT_TASK, GENERATE_TASK, PREDICT_TASK, SERVE_TASK, TRAIN_TASK
 from app.jobs.webhooks import notify_job_finished
 from worker.celery_app import app
 from worker.export import run_export
@@ -13,6 +14,7 @@ from worker.inference import run_evaluation, run_generation, run_prediction
 
 # Imported here, in the worker's parent process, so each forked child starts a job without re-importing torch.
 from worker.job_runner import run_job, worker_name
+from worker.serving import run_serving
 
 
 @app.task(name=TRAIN_TASK)
@@ -47,3 +49,9 @@ def export(export_id: str) -> str:
 def evaluate(evaluation_id: str) -> str:
     """An on-demand evaluation (POST /jobs/{id}/evaluations); safe to run twice (only one claim wins)."""
     return run_evaluation(evaluation_id)
+
+
+@app.task(name=SERVE_TASK, acks_late=False)  # only a wake-up: the work waits in Redis, for this run or the next
+def serve() -> str:
+    """Drain the embedded backend's completion queue (app/broker/serving.py); extra wake-ups return at once."""
+    return run_serving()

@@ -114,7 +114,8 @@ class ServingQueue:
         for call_id in self._take(keys=[self.tenants_key], args=[self.queue_prefix, limit, now]):
             raw = self.client.get(request_key(call_id))
             record = json.loads(raw) if raw else None
-            if record is None or record.get("deadline", 0) < now:
+            # A record is the call's own (a forged one naming another call's id is dropped), and still awaited.
+            if record is None or record.get("id") != call_id or record.get("deadline", 0) < now:
                 self.finish(call_id)
                 continue
             requests.append(record)

@@ -105,12 +105,17 @@ def is_openai_path(request: Request) -> bool:
 
 
 def openai_error(
-    status_code: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    status_code: int,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    """`{"error": {"message", "type", "param", "code"}}` with OpenAI's status for our status code."""
+    """`{"error": {"message", "type", "param", "code"}}` with OpenAI's status for our status code; `code` overrides
+    the status's default (`model_not_found`, `context_length_exceeded`)."""
     status = OPENAI_STATUS.get(status_code, status_code)
     kind = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": OPENAI_CODES.get(status_code)}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code or OPENAI_CODES.get(status_code)}}
     retry = {} if status in (408, 429) or status >= 500 else {"x-should-retry": "false"}
     return JSONResponse(body, status_code=status, headers={**(headers or {}), **retry})
 
@@ -119,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         if is_openai_path(request):
-            return openai_error(exc.status_code, exc.detail, exc.extra.get("param"), exc.headers)
+            return openai_error(exc.status_code, exc.detail, exc.extra.get("param"), exc.headers, exc.extra.get("code"))
         return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -4,7 +4,6 @@ Ids are shared: a file id is a dataset id and a job id is a job id, so one job i
 at /v1/fine_tuning/jobs alike.
 """
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
@@ -25,6 +24,7 @@ from app.openai.schemas import (
     ListObject,
 )
 from app.openai.spec import REQUEST_FIELDS, base_learning_rate, build_spec, invalid, job_hyperparameters
+from app.serving.names import fine_tuned_model_name, split_fine_tuned
 from app.spec.job import Training
 from app.tenants.auth import Caller
 
@@ -38,7 +38,7 @@ STATUS = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
-NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
+__all__ = ["fine_tuned_model_name"]  # app/openai/events.py and the tests read it from here
 
 
 def unix(moment: datetime | None) -> int | None:
@@ -122,17 +122,11 @@ def create_job(
         raise
 
 
-CHECKPOINT_SUFFIX = re.compile(r":ckpt-step-(\d+)$")
-
-
 def fine_tuned_parent(session: Session, caller: Caller, model: str) -> tuple[str, str, int | None] | None:
     """(base model, job id, checkpoint step) for a `fine_tuned_model` name (`ft:...:<job id>[:ckpt-step-N]`)."""
-    if not model.startswith("ft:"):
+    if (parts := split_fine_tuned(model)) is None:
         return None
-    step = None
-    if found := CHECKPOINT_SUFFIX.search(model):
-        step, model = int(found.group(1)), model[: found.start()]
-    job_id = model.rsplit(":", 1)[-1]
+    model, job_id, step = parts
     try:
         job = jobs_service.get_job(session, caller, job_id)
     except NotFound:
@@ -191,12 +185,6 @@ def _file_ref(ref: Any) -> str | None:
     if ref is None or isinstance(ref, str):
         return ref
     return f"hub:{ref['hub']}@{ref.get('split', 'train')}"  # a /jobs job may train on a hub dataset
-
-
-def fine_tuned_model_name(job: Job) -> str:
-    """OpenAI's `ft:<base>:<org>:<suffix>:<id>`; here the suffix is the job's name and the id the job's."""
-    parts = [job.spec["base_model"], job.tenant, job.name or ""]
-    return ":".join(["ft", *(NAME_UNSAFE.sub("-", p) for p in parts), job.id])
 
 
 def _method_object(spec: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The embedded serving queue in a real Redis: bounded, round-robin across tenants, expired requests dropped."""
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -57,3 +58,10 @@ def test_answers_stream_entry_by_entry(queue: ServingQueue) -> None:
     queue.publish("cmpl_x", type="done", index=0, finish_reason="stop")
     entries = queue.client.xrange(f"ft:serve:{settings.training_queue}:out:cmpl_x")
     assert [e[1]["data"] for e in entries][0] == '{"type": "delta", "index": 0, "text": "Hel"}'
+
+
+def test_a_record_naming_another_calls_id_is_dropped(queue: ServingQueue) -> None:
+    queue.enqueue(request("a", 0))
+    forged = {**request("a", 1), "id": "cmpl_victim"}
+    queue.client.set(f"ft:serve:{settings.training_queue}:req:cmpl_a_0", json.dumps(forged))
+    assert queue.take(5) == []
