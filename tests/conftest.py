@@ -77,3 +77,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _stack_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("stack") if callspec is not None else None
+
+
+# The real vLLM server (session-scoped: started once, by whichever test first needs it). Imported last: it reads
+# TINY_MODEL from this module.
+from tests.vllm_server import running_vllm_server  # noqa: E402, F401

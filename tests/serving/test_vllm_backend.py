@@ -18,7 +18,7 @@ from app.serving import vllm
 from app.serving.backend import AdapterRef, ServingRequest
 from app.serving.vllm import VllmBackend
 from tests.conftest import TINY_MODEL
-from tests.vllm_server import VllmServer, free_port, running_vllm_server  # noqa: F401 (the fixture)
+from tests.vllm_server import VllmServer, free_port
 from worker.artifacts import pack_directory
 
 pytestmark = pytest.mark.integration  # starts a vLLM server process (not in `make test-fast`)
