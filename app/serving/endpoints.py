@@ -46,6 +46,13 @@ OVERLOADED_RETRY_AFTER_S = 5  # a queued completion usually ends within seconds
 PING_S = 15
 ENDED_EARLY = {"type": "error", "kind": "internal", "message": "the backend's answer ended before its usage entry"}
 STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "With `stream: true`: chunks, then [DONE]."}}
+# What a completion can answer besides 200/400/401/413/429 (declared, so the schema says every status it sends).
+COMPLETION_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such model, or not the caller's tenant's (`model_not_found`)."},
+    502: {"description": "The backend failed while generating."},
+    503: {"description": "The task queue, the model's tokenizer or the vLLM server is unreachable."},
+    504: {"description": "No answer within FT_SERVING_TIMEOUT_S."},
+}
 
 
 def backend() -> Backend:
@@ -225,7 +232,7 @@ async def answer(request: ServingRequest, body: SamplingRequest, rows_in_flight:
     "/chat/completions",
     response_model=ChatCompletion,
     dependencies=[inference_rate("completions")],
-    responses={**STREAMED, **LIMITED},
+    responses={**STREAMED, **LIMITED, **COMPLETION_ERRORS},
 )
 async def create_chat_completion(body: ChatCompletionCreate, caller: CallerDep, session: SessionDep) -> Any:
     """OpenAI's chat completion on a base model or a fine-tuned one: the messages go through the chat template the
@@ -238,7 +245,7 @@ async def create_chat_completion(body: ChatCompletionCreate, caller: CallerDep, 
     "/completions",
     response_model=TextCompletion,
     dependencies=[inference_rate("completions")],
-    responses={**STREAMED, **LIMITED},
+    responses={**STREAMED, **LIMITED, **COMPLETION_ERRORS},
 )
 async def create_completion(body: CompletionCreate, caller: CallerDep, session: SessionDep) -> Any:
     """OpenAI's (legacy) text completion: the prompt is continued as given, with no chat template."""
