@@ -5,22 +5,29 @@ How each is refused, consistently (docs/security.md):
 - a spec outside the tenant's bounds (steps, epochs, sequence length, LoRA rank): 422 naming the field;
 - an upload over the tenant's size limit: 413;
 - a quota already used up (queued jobs, dataset storage) or a rate limit: 429 with `limit`, `allowed` and
-  `usage` beside `detail`, and `Retry-After` where waiting helps;
+  `usage` beside `detail`, and `Retry-After` where waiting helps; every response of a rate-limited route
+  carries RateLimit-Limit/-Remaining/-Reset/-Policy (RateLimitHeaders);
 - running jobs: never refused; a worker leaves a job queued while its tenant has enough running.
 What a tenant holds open (worker calls in flight, event streams) is counted in app/tenants/slots.py.
 """
 
 import logging
+import math
 import time
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends
+from fastapi import Depends, Request
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.broker.events import redis_client
 from app.core.config import settings
 from app.core.errors import TooManyRequests
 from app.models import Dataset, Job
@@ -119,57 +126,148 @@ def check_storage_quota(session: Session, tenant: str, new_bytes: int) -> None:
 # --- rate limits (Redis, so every API replica counts together) ---
 
 
-def hit_rate_limit(tenant: str, action: str, now: float | None = None, what: str | None = None) -> None:
-    """Count one `action` (submit, upload) for the tenant in this minute's window; 429 once over its limit.
+@dataclass(frozen=True)
+class RateFigures:
+    """Where a tenant stands against one rate limit, as the RateLimit-* headers say it."""
+
+    limit: int
+    remaining: int
+    reset_s: int  # seconds until the window frees a request (the IETF draft's delta-seconds)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+            "RateLimit-Policy": f"{self.limit};w={RATE_WINDOW_S}",
+        }
+
+
+@lru_cache(maxsize=4)
+def _limiter(redis_url: str) -> MovingWindowRateLimiter:
+    return MovingWindowRateLimiter(RedisStorage(redis_url, key_prefix="ft:rate", socket_timeout=10))
+
+
+def rate_limiter() -> MovingWindowRateLimiter:
+    """The process's limiter on FT_REDIS_URL.
+
+    A moving window (one timestamp per request in a Redis list, trimmed to the limit) rather than the sliding
+    window counter: it is exact, so no 60-second span ever holds more than the limit, while the counter only
+    estimates the previous window's share and can still let a burst through. Its cost is one Lua call per hit
+    and at most `limit` list entries per tenant and action (120 by default), which Redis does not notice.
+    """
+    return _limiter(settings.redis_url)
+
+
+def rate_item(allowed: int) -> RateLimitItem:
+    """The limit as the `limits` library counts it: `allowed` requests in any RATE_WINDOW_S seconds."""
+    return RateLimitItemPerMinute(allowed)
+
+
+def hit_rate_limit(tenant: str, action: str, what: str | None = None) -> RateFigures | None:
+    """Count one `action` (submit, upload, inference) for the tenant; 429 once the last minute holds its limit.
 
     `what` names the request when one budget covers several kinds (inference: generate, predict, evaluations,
-    exports). A fixed window per tenant and action: one INCR per request. At a window's edge a tenant can get up to
-    twice its rate in a short burst; the quotas above bound what that burst can hold.
+    exports). A refused request is not counted. Returns the figures for the RateLimit-* headers, or None when
+    Redis could not be asked: the limit then fails open (logged), since the SQL quotas still bound what a tenant
+    can hold.
     """
     limits = limits_for(tenant)
     name = f"{action}_rate_per_minute"
     allowed: int = getattr(limits, name)
-    now = time.time() if now is None else now
-    window = int(now // RATE_WINDOW_S)
-    key = f"ft:rate:{action}:{window}:{tenant}"
+    item, limiter = rate_item(allowed), rate_limiter()
     try:
-        pipe = redis_client().pipeline()
-        pipe.incr(key)
-        pipe.expire(key, RATE_WINDOW_S * 2)
-        count = int(pipe.execute()[0])
-    except redis.RedisError as exc:  # fail open: the SQL quotas still bound what a tenant can hold
+        accepted = limiter.hit(item, action, tenant)
+        stats = limiter.get_window_stats(item, action, tenant)
+    except redis.RedisError as exc:
         log.warning("rate limit %s not checked for tenant %r: Redis error %s", name, tenant, exc)
-        return
-    if count > allowed:
-        retry = max(1, int((window + 1) * RATE_WINDOW_S - now + 0.999))
-        sent = f"{count - 1} {action} requests this minute"
-        if what:  # one budget for several kinds of request: say which was refused
-            sent = f"{count - 1} worker calls (generate, predict, evaluations, exports) this minute; {what} refused"
-        message = f"tenant {tenant!r} sent {sent}; retry in {retry}s"
-        raise quota_error(limits, name, count - 1, message, retry)
+        return None
+    reset_s = min(RATE_WINDOW_S, max(1, math.ceil(stats.reset_time - time.time())))  # whole seconds, rounded up
+    figures = RateFigures(allowed, stats.remaining, reset_s)
+    if accepted:
+        return figures
+    used = allowed - stats.remaining
+    sent = f"{used} {action} requests in the last minute"
+    if what:  # one budget for several kinds of request: say which was refused
+        sent = f"{used} worker calls (generate, predict, evaluations, exports, chat) in the last minute; {what} refused"
+    message = f"tenant {tenant!r} sent {sent}; retry in {figures.reset_s}s"
+    refused = quota_error(limits, name, used, message, figures.reset_s)
+    refused.headers = {**figures.headers(), **(refused.headers or {})}
+    raise refused
+
+
+def _count(request: Request, tenant: str, action: str, what: str | None = None) -> None:
+    figures = hit_rate_limit(tenant, action, what)
+    if figures is not None:  # RateLimitHeaders puts them on the response, whatever the route answers
+        request.state.rate_limit = figures
 
 
 def inference_rate(action: str) -> Any:
     """A route dependency: count one worker call (`action`: generate, predict, ...) against inference_rate."""
 
-    def check(caller: Annotated[Caller, Depends(current_caller)]) -> None:
-        hit_rate_limit(caller.tenant, "inference", what=action)
+    def check(request: Request, caller: Annotated[Caller, Depends(current_caller)]) -> None:
+        _count(request, caller.tenant, "inference", what=action)
 
     return Depends(check)
 
 
-def submit_rate(caller: Annotated[Caller, Depends(current_caller)]) -> None:
-    hit_rate_limit(caller.tenant, "submit")
+def submit_rate(request: Request, caller: Annotated[Caller, Depends(current_caller)]) -> None:
+    _count(request, caller.tenant, "submit")
 
 
-def upload_rate(caller: Annotated[Caller, Depends(current_caller)]) -> None:
-    hit_rate_limit(caller.tenant, "upload")
+def upload_rate(request: Request, caller: Annotated[Caller, Depends(current_caller)]) -> None:
+    _count(request, caller.tenant, "upload")
 
 
 SubmitRate = Depends(submit_rate)
 UploadRate = Depends(upload_rate)
-# For the routes behind a rate limit or quota: the OpenAPI schema declares their 429.
-LIMITED = {429: {"description": "A rate limit or quota; `Retry-After` says when to try again, if waiting helps."}}
+
+
+class RateLimitHeaders:
+    """Adds RateLimit-* to every response of a rate-limited route: 2xx, 4xx and streamed bodies alike.
+
+    The rate dependencies run before the route and leave their figures in `scope["state"]`; this pure ASGI
+    middleware adds them when the response starts, so they also reach errors raised later in the route and
+    streaming responses. A response that already carries them (the rate limit's own 429) is left as it is.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+
+        async def send_with_figures(message: Message) -> None:
+            figures: RateFigures | None = state.get("rate_limit")
+            if message["type"] == "http.response.start" and figures is not None:
+                headers = MutableHeaders(scope=message)
+                if "ratelimit-limit" not in headers:
+                    for header, value in figures.headers().items():
+                        headers[header] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_figures)
+
+
+_FIGURE_HEADERS = {
+    "RateLimit-Limit": "The tenant's limit for this kind of request, per minute.",
+    "RateLimit-Remaining": "Requests left in the last minute's window.",
+    "RateLimit-Reset": "Seconds until the window frees a request.",
+    "RateLimit-Policy": "The limit and its window in seconds (`120;w=60`).",
+}
+# For the routes behind a rate limit or quota: the OpenAPI schema declares their 429 and its headers.
+LIMITED = {
+    429: {
+        "description": "A rate limit or quota; `Retry-After` says when to try again, if waiting helps.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}},
+            **{h: {"description": d, "schema": {"type": "integer"}} for h, d in _FIGURE_HEADERS.items()},
+        },
+    }
+}
 
 
 # --- running jobs, enforced where a job starts ---
