@@ -33,7 +33,8 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-# The embedded serving backend: tokens/s and time to first token, batched vs serial, 1 and 8 adapters (bench/serving.py).
+# The embedded serving backend: tokens/s and time to first token, batched vs serial, 1 and 8 adapters (bench/serving.py);
+# BENCH_ARGS=--vllm adds the same load on a vLLM server (`make vllm` first).
 bench-serving: setup
 	$(PY) -m bench.serving $(BENCH_ARGS)
 

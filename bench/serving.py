@@ -9,6 +9,7 @@ projections); EOS is ignored so every row generates max_tokens (random weights w
     python -m bench.serving                      # bench model (CPU), 8 requests, 64 tokens each
     python -m bench.serving --model tinyllama    # TinyLlama-1.1B's shape (random weights), for a GPU
     python -m bench.serving --requests 4 --max-tokens 32 --threads 1
+    python -m bench.serving --vllm               # also the same load on a vLLM server (bench/serving_vllm.py)
 """
 
 import argparse
@@ -22,6 +23,7 @@ from typing import Any
 from bench.workload import BENCH_MODEL, Workload, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
+RANK = 16
 PROMPT = "<|user|>\nThe quick brown fox jumps over the lazy dog. Tell me a story.</s>\n<|assistant|>\n"
 
 
@@ -33,6 +35,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="runs per scenario; the median is shown")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--workdir", type=Path, help="default: var/bench/serving")
+    p.add_argument("--vllm", action="store_true", help="also rows from vLLM (.venv-vllm, `make vllm`), same load")
     return p.parse_args()
 
 
@@ -47,7 +50,7 @@ def _random_adapters(base: Path, out: Path, count: int) -> dict[str, Path]:
         if not (path / "adapter_config.json").is_file():
             torch.manual_seed(i)
             targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-            config = LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+            config = LoraConfig(r=RANK, lora_alpha=32, target_modules=targets, init_lora_weights=False)
             get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(path)
         dirs[f"adapter_{i}"] = path
     return dirs
@@ -132,14 +135,41 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so a burst of load elsewhere spreads over every scenario
         for rotation, batched in scenarios:
             runs[(rotation, batched)].append(_run(models.model, tokenizer, requests(rotation), batched))
+    rows = [(rotation, "batched" if batched else "serial", results) for (rotation, batched), results in runs.items()]
+    if args.vllm:
+        rows += _vllm_rows(args, base, adapters, torch.get_num_threads(), workdir)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print("| adapters | mode | tokens/s | mean time to first token | wall |")
     print("|---|---|---:|---:|---:|")
-    for (rotation, batched), results in runs.items():
+    for rotation, mode, results in sorted(rows, key=lambda r: r[0]):  # stable: each rotation's rows together
         row = sorted(results, key=lambda r: r["tokens_per_s"])[len(results) // 2]
         label = "base only" if rotation == 0 else f"{rotation} in rotation" if rotation > 1 else "1"
-        mode = "batched" if batched else "serial"
         print(f"| {label} | {mode} | {row['tokens_per_s']:,.0f} | {row['ttft_ms']:,.0f} ms | {row['wall_s']:.2f} s |")
+
+
+def _vllm_rows(
+    args: argparse.Namespace, base: Path, adapters: dict[str, Path], threads: int, workdir: Path
+) -> list[tuple[int, str, list[dict[str, float]]]]:
+    """The same scenarios on a vLLM server, after the embedded ones (the server is stopped before the table)."""
+    from bench import serving_vllm
+
+    env, flags = serving_vllm.settings(threads, RANK, len(adapters))
+    print(f"load average before vLLM: {os.getloadavg()[0]:.2f}")
+    print("vLLM settings: " + " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(flags))
+    runs, load_ms = serving_vllm.bench(
+        base,
+        adapters,
+        requests=args.requests,
+        max_tokens=args.max_tokens,
+        repeats=args.repeats,
+        threads=threads,
+        rank=RANK,
+        prompt=PROMPT,
+        log=workdir / "vllm.log",
+    )
+    tokens = {r["tokens"] for results in runs.values() for r in results}
+    print(f"vLLM: adapter registration {load_ms:.0f} ms each; tokens per scenario {sorted(tokens)}")
+    return [(rotation, "vllm", results) for rotation, results in runs.items()]
 
 
 if __name__ == "__main__":
