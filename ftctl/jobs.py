@@ -1,210 +1,193 @@
-"""`ftctl jobs ...`: a client of the HTTP API (FT_API_URL, FT_API_KEY) — list, show, cancel, and follow logs."""
+"""`ftctl jobs ...`: submit, list, get, cancel, follow and download jobs through the HTTP API (finetune_client)."""
 
 import json
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
+from finetune_client import Client, SseEvent, iter_sse
+from finetune_client.files import load_spec
 
-from app.models import TERMINAL_STATUSES
+from ftctl.api import DEFAULT_URL, EXIT_CODES, EXIT_JOB_FAILED, ApiKey, ApiUrl, JsonOutput, connect, fail, print_json
+from ftctl.logs import ProgressLine, download_progress, job_progress, on_terminal, show_logs
+
+__all__ = ["SseEvent", "iter_sse", "jobs"]  # SseEvent and iter_sse: where tests and scripts have imported them
 
 jobs = typer.Typer(
-    help="Jobs, through the HTTP API (FT_API_URL and FT_API_KEY, or --api-url / --api-key).", no_args_is_help=True
+    help="Jobs, through the HTTP API (FT_API_URL and FT_API_KEY, or --api-url / --api-key).",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
 )
-ApiUrl = Annotated[str, typer.Option(envvar="FT_API_URL", help="The API's base URL.")]
-ApiKey = Annotated[str, typer.Option(envvar="FT_API_KEY", help="An API key (from `ftctl keys create`).")]
-DEFAULT_URL = "http://127.0.0.1:8000"
+SpecFile = Annotated[Path, typer.Argument(help="The job spec: a .json, .yaml or .yml file.", show_default=False)]
 
 
-@dataclass
-class SseEvent:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.data) if self.data else {}
-
-
-def iter_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
-    """Server-Sent Events from a response's text lines (the parts of the format the API sends)."""
-    current, data = SseEvent(), []
-    for line in lines:
-        if not line:
-            if data or current.id is not None:
-                current.data = "\n".join(data)
-                yield current
-            current, data = SseEvent(), []
-        elif line.startswith(":"):
-            continue  # a keep-alive comment
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                current.event = value
-            elif name == "id":
-                current.id = value
+def _spec(path: Path) -> dict[str, Any]:
+    try:
+        return load_spec(path)
+    except (OSError, ValueError, ImportError) as exc:  # json's and yaml's errors are ValueErrors or report as such
+        raise fail(f"cannot read the spec {path}: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError, without importing yaml here
+        raise fail(f"cannot parse the spec {path}: {exc}") from None
 
 
-def _client(api_url: str, api_key: str, timeout: float | httpx.Timeout = 30) -> httpx.Client:
-    if not api_key:
-        typer.echo(
-            "error: no API key: set FT_API_KEY or pass --api-key (make one with `ftctl keys create NAME`)", err=True
-        )
-        raise typer.Exit(2)
-    return httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
+def _line(job: dict[str, Any]) -> str:
+    progress, loss = job["progress"], job["latest"]["loss"]
+    steps = f"{progress['step']}/{progress['total_steps'] or '?'}"
+    if job.get("queue_position"):
+        steps = f"#{job['queue_position']} in line"
+    loss_text = f"{loss:.4f}" if loss is not None else "-"
+    return f"{job['id']}  {job['status']:<10} {steps:>11}  loss {loss_text:<8} {job['name'] or ''}"
 
 
-def _check(response: httpx.Response) -> Any:
-    if response.is_error:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        typer.echo(f"error: HTTP {response.status_code}: {detail}", err=True)
-        raise typer.Exit(1)
-    return response.json()
+def _wait(client: Client, job_id: str, as_json: bool) -> dict[str, Any]:
+    view = ProgressLine(job_id)
+    with job_progress(view, bar=on_terminal() and not as_json) as on_progress:
+        job = client.jobs.wait(job_id, on_progress=on_progress)
+    if not as_json:
+        error = job.get("error") or {}
+        typer.echo(f"job {job_id} {job['status']} at {view.summary()}" + (f": {error['message']}" if error else ""))
+    return job
 
 
-def follow_events(client: httpx.Client, job_id: str, follow: bool = True, retries: int = 10) -> Iterator[SseEvent]:
-    """The job's events until it ends; reconnects after a dropped connection where it left off."""
-    last_id, failures = None, 0
-    while True:
-        headers = {"Last-Event-ID": last_id} if last_id else {}
-        try:
-            with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, params={"follow": follow}) as r:
-                if r.is_error:
-                    r.read()
-                    _check(r)
-                ended = False
-                for event in iter_sse(r.iter_lines()):
-                    failures = 0
-                    last_id = event.id or last_id
-                    ended = ended or (event.event == "status" and event.json().get("status") in TERMINAL_STATUSES)
-                    yield event
-            if ended or not follow:
-                return  # the job ended (or, without follow, we are caught up)
-            # else the server closed a long stream (FT_STREAM_MAX_SECONDS): go on after the last event
-        except httpx.TransportError as exc:  # includes a connection dropped mid-stream
-            failures += 1
-            if failures > retries:
-                raise
-            typer.echo(f"connection lost ({type(exc).__name__}); reconnecting after event {last_id}", err=True)
-            time.sleep(min(2**failures, 30))
+@jobs.command("submit")
+def jobs_submit(
+    spec_file: SpecFile,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends (exit 1 unless it succeeds).")] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Resubmitting with the same key returns the first job, never a second.")
+    ] = None,
+    as_json: JsonOutput = False,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = "",
+) -> None:
+    """Submit the job in SPEC_FILE; prints its id (or, with --json, the job)."""
+    spec = _spec(spec_file)
+    with connect(api_url, api_key) as client:
+        job = client.jobs.create(spec, idempotency_key=idempotency_key)
+        if not as_json:
+            typer.echo(f"submitted job {job['id']} ({job['status']})", err=wait)
+        if wait:
+            job = _wait(client, job["id"], as_json)
+    if as_json:
+        print_json(job)
+    elif not wait:
+        typer.echo(job["id"])
+    if wait and job["status"] != "succeeded":
+        raise typer.Exit(EXIT_JOB_FAILED)
 
 
-def _format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes:02d}:{secs:02d}"
+@jobs.command("validate")
+def jobs_validate(
+    spec_file: SpecFile, as_json: JsonOutput = False, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = ""
+) -> None:
+    """What the API makes of SPEC_FILE without submitting it: token counts, warnings, the estimate (JSON)."""
+    with connect(api_url, api_key) as client:
+        print_json(client.jobs.validate(_spec(spec_file)))
 
 
-@dataclass
-class ProgressLine:
-    """What `logs` shows for a job: step/total, loss and ETA, drawn as a bar on a terminal."""
-
-    job_id: str
-    step: int = 0
-    total: int | None = None
-    loss: float | None = None
-    eta: float | None = None
-    outcome: str | None = None
-    lines: list[str] = field(default_factory=list)
-
-    def describe(self, event: SseEvent) -> str | None:
-        data = event.json()
-        if event.event == "metric":
-            self.step, self.total = data.get("step", self.step), data.get("total_steps") or self.total
-            self.loss, self.eta = data.get("loss"), data.get("eta_seconds")
-            return self.summary()
-        if event.event == "status":
-            self.outcome = data.get("status") if data.get("status") in TERMINAL_STATUSES else None
-            error = data.get("error") or {}
-            return f"status {data.get('status')}" + (f": {error.get('message')}" if error else "")
-        if event.event == "eval":
-            return f"eval step {data.get('step')} eval_loss {data.get('eval_loss')}"
-        if event.event == "checkpoint":
-            return f"checkpoint at step {data.get('step')}"
-        if event.event == "warning":
-            return f"warning: {data.get('message')}"
-        return f"{event.event} {event.data}"
-
-    def summary(self) -> str:
-        loss = f"{self.loss:.4f}" if self.loss is not None else "-"
-        return f"step {self.step}/{self.total or '?'} loss {loss} eta {_format_eta(self.eta)}"
+@jobs.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first (0: all).")] = 20,
+    as_json: JsonOutput = False,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = "",
+) -> None:
+    """Your jobs, newest first: id, status, step/total (a queued job: its place in line), latest loss, name."""
+    with connect(api_url, api_key) as client:
+        found = []
+        for job in client.jobs.list(status=status, page_size=min(limit or 100, 500)):
+            found.append(job)
+            if not as_json:
+                typer.echo(_line(job))
+            if len(found) == limit:
+                break
+    if as_json:
+        print_json(found)
 
 
-def _show_logs(events: Iterator[SseEvent], view: ProgressLine, bar: bool) -> None:
-    if not bar:
-        for event in events:
-            typer.echo(view.describe(event))
+@jobs.command("get")
+def jobs_get(job_id: str, as_json: JsonOutput = False, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = "") -> None:
+    """One job: a summary line and its error, or with --json the whole record."""
+    with connect(api_url, api_key) as client:
+        job = client.jobs.get(job_id)
+    if as_json:
+        print_json(job)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    typer.echo(_line(job))
+    if job.get("error"):
+        typer.echo(f"  {job['error']['type']}: {job['error']['message']}")
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(view.job_id, total=None, info="waiting for the first step")
-        for event in events:
-            line = view.describe(event)
-            if event.event == "metric":
-                loss = f"{view.loss:.4f}" if view.loss is not None else "-"
-                info = f"loss {loss}  eta {_format_eta(view.eta)}"
-                progress.update(task, completed=view.step, total=view.total, info=info)
-            elif line:
-                progress.console.print(line)
+
+@jobs.command("show", hidden=True)
+def jobs_show(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = "") -> None:
+    """One job, as JSON (what `jobs get --json` prints; kept for scripts that used it)."""
+    with connect(api_url, api_key) as client:
+        print_json(client.jobs.get(job_id))
+
+
+@jobs.command("cancel")
+def jobs_cancel(job_id: str, as_json: JsonOutput = False, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = "") -> None:
+    """Cancel a queued or running job."""
+    with connect(api_url, api_key) as client:
+        job = client.jobs.cancel(job_id)
+    if as_json:
+        print_json(job)
+    else:
+        typer.echo(f"job {job_id}: {job['status']}")
+
+
+@jobs.command("wait")
+def jobs_wait(job_id: str, as_json: JsonOutput = False, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = "") -> None:
+    """Wait for a job to end (exit 1 unless it succeeds)."""
+    with connect(api_url, api_key) as client:
+        job = _wait(client, job_id, as_json)
+    if as_json:
+        print_json(job)
+    if job["status"] != "succeeded":
+        raise typer.Exit(EXIT_JOB_FAILED)
 
 
 @jobs.command("logs")
 def jobs_logs(
     job_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep watching until the job ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event: event, id, data.")] = False,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = "",
 ) -> None:
-    """The job's events; with --follow, a live progress bar (step/total, loss, ETA) until it ends."""
+    """The job's events; with --follow, a live progress bar (step/total, loss, ETA) until it ends, reconnecting
+    where it left off after a dropped connection."""
     view = ProgressLine(job_id)
-    with _client(api_url, api_key, timeout=httpx.Timeout(30, read=None)) as client:
-        _show_logs(follow_events(client, job_id, follow=follow), view, bar=follow and sys.stdout.isatty())
+    with connect(api_url, api_key) as client:
+        events = client.jobs.events(job_id, follow=follow)
+        if as_json:
+            for event in events:
+                view.describe(event)
+                typer.echo(json.dumps({"event": event.event, "id": event.id, "data": event.json()}))
+        else:
+            show_logs(events, view, bar=follow and on_terminal())
     if follow:
-        typer.echo(f"job {job_id} {view.outcome or 'stream ended'} at {view.summary()}")
-        raise typer.Exit(0 if view.outcome == "succeeded" else 1)
+        if not as_json:
+            typer.echo(f"job {job_id} {view.outcome or 'stream ended'} at {view.summary()}")
+        raise typer.Exit(0 if view.outcome == "succeeded" else EXIT_JOB_FAILED)
 
 
-@jobs.command("list")
-def jobs_list(
-    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+@jobs.command("download")
+def jobs_download(
+    job_id: str,
+    name: Annotated[str, typer.Argument(help="`adapter`, or a name from `GET /jobs/ID/artifacts`.")] = "adapter",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file or directory (default: JOB-NAME.tar.gz here).")
+    ] = None,
+    as_json: JsonOutput = False,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = "",
 ) -> None:
-    """Your jobs, newest first: id, status, step/total (a queued job: its place in line), latest loss, name."""
-    params = {"limit": limit, **({"status": status} if status else {})}
-    with _client(api_url, api_key) as client:
-        for job in _check(client.get("/jobs", params=params))["data"]:
-            progress, loss = job["progress"], job["latest"]["loss"]
-            steps = f"{progress['step']}/{progress['total_steps'] or '?'}"
-            if job.get("queue_position"):
-                steps = f"#{job['queue_position']} in line"
-            loss_text = f"{loss:.4f}" if loss is not None else "-"
-            typer.echo(f"{job['id']}  {job['status']:<10} {steps:>11}  loss {loss_text:<8} {job['name'] or ''}")
-
-
-@jobs.command("show")
-def jobs_show(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = "") -> None:
-    """One job, as JSON."""
-    with _client(api_url, api_key) as client:
-        typer.echo(json.dumps(_check(client.get(f"/jobs/{job_id}")), indent=2))
-
-
-@jobs.command("cancel")
-def jobs_cancel(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = "") -> None:
-    """Cancel a queued or running job."""
-    with _client(api_url, api_key) as client:
-        typer.echo(f"job {job_id}: {_check(client.post(f'/jobs/{job_id}/cancel'))['status']}")
+    """Download an artifact (.tar.gz), checked against the sha256 the API announces; prints where it went."""
+    with connect(api_url, api_key) as client, download_progress(name, bar=on_terminal() and not as_json) as bar:
+        path = client.jobs.download(job_id, name, output, on_progress=bar)
+    if as_json:
+        print_json({"job_id": job_id, "name": name, "path": str(path), "size_bytes": path.stat().st_size})
+    else:
+        typer.echo(str(path))

@@ -1,4 +1,4 @@
-"""ftctl: admin commands (talk to the database) and the one-command demo."""
+"""ftctl: admin commands (talk to the database), the API's datasets and jobs (over HTTP), and the demo."""
 
 from pathlib import Path
 from typing import Annotated
@@ -6,14 +6,39 @@ from typing import Annotated
 import typer
 from sqlalchemy import select
 
+from ftctl.api import EXIT_CODES
+from ftctl.datasets import datasets
 from ftctl.jobs import jobs
 
-app = typer.Typer(help="finetune-service control: API keys, local models, demo.", no_args_is_help=True)
+app = typer.Typer(
+    help="finetune-service control: datasets and jobs through the API (FT_API_URL, FT_API_KEY); API keys and "
+    "local models on this host; the demo.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+)
 keys = typer.Typer(help="API keys (stored hashed; shown once).", no_args_is_help=True)
 models = typer.Typer(help="Local base models in FT_MODELS_DIR.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 app.add_typer(models, name="models")
+app.add_typer(datasets, name="datasets")  # talks to the API over HTTP
 app.add_typer(jobs, name="jobs")  # talks to the API over HTTP
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from finetune_client import __version__
+
+        typer.echo(f"ftctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """finetune-service control."""
 
 
 @keys.command("create")
