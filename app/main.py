@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.checks import endpoints as validate
+from app.core import openapi
 from app.core.config import settings
 from app.core.db import SessionLocal
 from app.core.errors import install_error_handlers
@@ -26,6 +27,7 @@ from app.serving import endpoints as serving
 from app.tenants import endpoints as admin
 from app.tenants import usage
 from app.tenants.auth import authenticate
+from app.tenants.limits import RateLimitHeaders
 from app.web import mount_dashboard
 from app.web.docs import mount_docs
 
@@ -56,6 +58,8 @@ def create_app() -> FastAPI:
         description="Fine-tune language models with LoRA and QLoRA on your own data, and download the adapters.",
         docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours are served from a package (mount_docs)
         redoc_url=None,
+        openapi_tags=openapi.TAGS,  # every router tag, described, in the order a user meets them
+        generate_unique_id_function=openapi.operation_id,  # stable operation ids: `jobs-create`, ...
     )
     app.state.sessionmaker = SessionLocal
     install_error_handlers(app)
@@ -75,6 +79,7 @@ def create_app() -> FastAPI:
     app.include_router(admin.router)
     app.include_router(admin.limits_router)
     install_observability(app)  # GET /metrics and request latency
+    app.add_middleware(RateLimitHeaders)  # RateLimit-* on every response of a rate-limited route
     mount_dashboard(app)  # the web dashboard at /
     mount_docs(app)  # /docs and /redoc, their scripts from an installed package
     install_security(app, check_key=authenticate)  # headers, body limits, key before body; errors in the schema

@@ -1,11 +1,20 @@
-"""Domain errors carry their HTTP status and a message a user can act on; one handler renders them."""
+"""Domain errors carry their HTTP status and a message a user can act on; one handler renders them.
 
+Outside /v1 every error is an RFC 9457 problem (`application/problem+json`): `type` (a stable URI per kind
+of error, PROBLEM_TYPES), `title`, `status`, `detail` (what went wrong and how to fix it), `instance` (the
+request's path), and the error's own fields (`problems`, `limit`, `allowed`, `usage`). Under /v1 errors keep
+OpenAI's shape, which its SDK turns into typed exceptions.
+"""
+
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 
 class DomainError(Exception):
@@ -120,12 +129,75 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers={**(headers or {}), **retry})
 
 
+PROBLEM_BASE = "https://finetune-service.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# One stable `type` per kind of error a client may branch on; any other status is `about:blank` (RFC 9457 4.2.1),
+# titled with its HTTP phrase.
+PROBLEM_TYPES = {
+    400: ("bad-request", "Malformed request"),
+    401: ("unauthorized", "Missing or invalid API key"),
+    403: ("forbidden", "Not allowed for this key"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    409: ("conflict", "Wrong state for this request"),
+    413: ("too-large", "Request too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("invalid-request", "Invalid request"),
+    429: ("limit-reached", "Rate limit or quota reached"),
+    502: ("worker-failed", "The worker failed"),
+    503: ("unavailable", "Temporarily unavailable"),
+    504: ("worker-timeout", "No worker answered in time"),
+}
+
+
+def problem_type(status: int) -> tuple[str, str]:
+    """(`type`, `title`) of a problem with this status."""
+    if status in PROBLEM_TYPES:
+        slug, title = PROBLEM_TYPES[status]
+        return PROBLEM_BASE + slug, title
+    try:
+        return "about:blank", HTTPStatus(status).phrase
+    except ValueError:
+        return "about:blank", "Error"
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    detail: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An RFC 9457 problem: the standard members first, then the error's own fields (which cannot replace them)."""
+    kind, title = problem_type(status)
+    core = {"type": kind, "title": title, "status": status, "detail": detail, "instance": request.url.path}
+    body = {**core, **{k: v for k, v in (extra or {}).items() if k not in core}}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answered outside any route (middleware): OpenAI's shape under /v1, else a problem."""
+    if is_openai_path(request):
+        return openai_error(status, detail, headers=headers)
+    return problem_response(request, status, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (Starlette's own `Allow` names only the first route's; FastAPI
+    keeps included routers nested, iter_route_contexts flattens them)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.matches(request.scope)[0] == Match.PARTIAL:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         if is_openai_path(request):
             return openai_error(exc.status_code, exc.detail, exc.extra.get("param"), exc.headers, exc.extra.get("code"))
-        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
+        return problem_response(request, exc.status_code, exc.detail, exc.extra, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -133,13 +205,23 @@ def install_error_handlers(app: FastAPI) -> None:
         if is_openai_path(request):
             param = problems[0]["field"].removeprefix("query.").removeprefix("path.") if problems else None
             return openai_error(422, summary, param)
-        return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
+        return problem_response(request, 422, summary, {"problems": problems})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such endpoint; see /docs for the API"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            allowed = allowed_methods(request)
+            headers = {**(headers or {}), "Allow": allowed}
+            detail = f"{request.method} is not allowed on {request.url.path}; it takes {allowed}"
         if is_openai_path(request):
-            return openai_error(exc.status_code, detail, headers=getattr(exc, "headers", None))
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+            return openai_error(exc.status_code, detail, headers=headers)
+        return problem_response(request, exc.status_code, detail, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises the exception after this answer, so it is logged with its traceback.
+        return error_response(request, 500, "an internal error; it was logged: try again, and report it if it persists")

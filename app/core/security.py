@@ -6,7 +6,7 @@ multipart uploads the largest FT_MAX_UPLOAD_BYTES any tenant has (each tenant's 
 its key is known). A request with a body and no valid key is answered 401 before any of the body is read,
 so no one without a key can make the API receive, parse or spool an upload. Every response says `nosniff`;
 pages (the dashboard, the docs) may run only the scripts and styles the API itself serves, and may not be
-framed. The schema declares the errors each operation can answer and the bearer-key scheme.
+framed. The schema declares the errors each operation can answer.
 """
 
 from collections.abc import Callable
@@ -17,14 +17,13 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import settings
-from app.core.errors import OPENAI_STATUS, DomainError, is_openai_path, openai_error
+from app.core.errors import OPENAI_STATUS, PROBLEM_MEDIA_TYPE, DomainError, error_response
 
 MULTIPART_FRAMING_BYTES = 64 * 1024  # the form's boundaries, headers and a `name` field around the file
 PUBLIC_PATHS = {"/healthz", "/readyz"}
@@ -83,12 +82,7 @@ class RequestBodyLimit:
 async def _reject(
     scope: Scope, receive: Receive, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> None:
-    request = Request(scope)
-    if is_openai_path(request):
-        response = openai_error(status, detail, headers=headers)
-    else:
-        response = JSONResponse({"detail": detail}, status, headers=headers)
-    await response(scope, receive, send)
+    await error_response(Request(scope), status, detail, headers)(scope, receive, send)
 
 
 # --- the key before the body ---
@@ -186,7 +180,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-# --- the OpenAPI schema: every operation's errors, and the bearer scheme ---
+# --- the OpenAPI schema: every operation's errors ---
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed request (under /v1: any invalid request, as OpenAI answers it).",
@@ -199,10 +193,14 @@ ERROR_DESCRIPTIONS = {
     422: "Invalid input; `detail` names the field or row.",
     429: "A rate limit or quota; `limit`, `allowed` and `usage` say which, `Retry-After` when waiting helps.",
 }
-ERROR_SCHEMA: dict[str, Any] = {
+ERROR_SCHEMA: dict[str, Any] = {  # RFC 9457 problem details (app/core/errors.py PROBLEM_TYPES)
     "type": "object",
-    "required": ["detail"],
+    "required": ["type", "title", "status", "detail", "instance"],
     "properties": {
+        "type": {"type": "string", "description": "A URI naming the kind of error (`about:blank`: see status)."},
+        "title": {"type": "string", "description": "That kind of error in a few words."},
+        "status": {"type": "integer", "description": "The HTTP status."},
+        "instance": {"type": "string", "description": "The request's path."},
         "detail": {"type": "string", "description": "What went wrong, in words a user can act on."},
         "problems": {"type": "array", "items": {"type": "object"}, "description": "Each invalid field or row."},
         "limit": {"type": "string", "description": "The limit reached (429)."},
@@ -253,6 +251,7 @@ def _document_errors(schema: dict[str, Any]) -> None:
     for path, operations in schema.get("paths", {}).items():
         openai = path.startswith("/v1/")
         body = OPENAI_ERROR_SCHEMA if openai else ERROR_SCHEMA
+        media_type = "application/json" if openai else PROBLEM_MEDIA_TYPE
         for method, operation in operations.items():
             responses = operation["responses"]
             responses.pop("422", None)  # FastAPI's default shape; ours carries `detail` as a string
@@ -261,20 +260,25 @@ def _document_errors(schema: dict[str, Any]) -> None:
                 shown = OPENAI_STATUS.get(status, status) if openai else status
                 description = ERROR_DESCRIPTIONS.get(shown) or HTTPStatus(shown).phrase
                 entry = responses.setdefault(str(shown), {"description": description})
-                entry.setdefault("content", {"application/json": {"schema": body}})
-            if path not in PUBLIC_PATHS:
-                operation["security"] = [{"bearerAuth": []}]
+                entry.setdefault("content", {media_type: {"schema": body}})
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Replace app.openapi with one that documents errors and auth on every operation."""
+    """Replace app.openapi with one that documents errors on every operation.
+
+    The bearer scheme comes from the auth dependency (app/tenants/auth.py's HTTPBearer), so exactly the
+    operations that take a key declare it; operation ids and tags come from app/core/openapi.py via app.main.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "`ft_...` key from ftctl"}
-            }
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
             _document_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema

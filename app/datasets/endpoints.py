@@ -2,10 +2,11 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel
 
 from app import storage
+from app.core import http
 from app.core.db import SessionDep
 from app.core.schemas import DeletedPublic
 from app.datasets import service as datasets_service
@@ -14,6 +15,7 @@ from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, UploadRate
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+ROWS = '{"text": "The capital of France is Paris."}\n'  # the example file in the schema: one JSONL row
 
 
 class DatasetPreview(BaseModel):
@@ -36,13 +38,16 @@ class DatasetPreview(BaseModel):
 def upload_dataset(
     caller: CallerDep,
     session: SessionDep,
+    request: Request,
     response: Response,
-    file: Annotated[UploadFile, File(description="JSONL, JSON array, CSV, TSV or Parquet")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    file: Annotated[UploadFile, File(description="JSONL, JSON array, CSV, TSV or Parquet", examples=[ROWS])],
+    name: Annotated[str | None, Form(max_length=200, examples=["support tickets"])] = None,
 ) -> DatasetPublic:
     dataset, created = datasets_service.create_dataset(session, caller, file.file, file.filename, name)
     session.commit()  # before the response: a client's next request must find the dataset
-    if not created:
+    if created:
+        http.locate(request, response, "get_dataset", dataset_id=dataset.id)
+    else:
         response.status_code = 200  # the same file again: the dataset that already holds it
     return DatasetPublic.of(dataset)
 
@@ -51,11 +56,16 @@ def upload_dataset(
 def list_datasets(
     caller: CallerDep,
     session: SessionDep,
+    request: Request,
+    response: Response,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
     tenant: Annotated[str | None, Query(max_length=200, description="Admin keys: another tenant, or `*`.")] = None,
 ) -> DatasetsPublic:
-    datasets = datasets_service.list_datasets(session, caller, limit, tenant)
-    return DatasetsPublic(data=[DatasetPublic.of(d) for d in datasets])
+    """The caller's datasets, newest first, a page at a time (`next_cursor`, and `Link: rel="next"`)."""
+    datasets, next_cursor = datasets_service.list_datasets(session, caller, limit, cursor, tenant)
+    http.link_next_page(request, response, next_cursor)
+    return DatasetsPublic(data=[DatasetPublic.of(d) for d in datasets], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)

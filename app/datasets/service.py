@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import storage
+from app.core.cursors import keyset_page
 from app.core.errors import Conflict, Invalid, NotFound, TooLarge
 from app.datasets.files import parse_dataset
 from app.models import TERMINAL_STATUSES, Dataset, Job
@@ -121,12 +122,17 @@ def get_dataset(session: Session, caller: Caller, dataset_id: str, *, admin_may_
     return dataset
 
 
-def list_datasets(session: Session, caller: Caller, limit: int, tenant: str | None = None) -> list[Dataset]:
-    """The caller's datasets, newest first; an admin may name another `tenant`, or `*` for all."""
-    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+def list_datasets(
+    session: Session, caller: Caller, limit: int, cursor: str | None = None, tenant: str | None = None
+) -> tuple[list[Dataset], str | None]:
+    """A page of the caller's datasets, newest first, and the next page's cursor (None: the last); an admin may
+    name another `tenant`, or `*` for all."""
+    query = select(Dataset)
     if (shown := listing_tenant(caller, tenant)) is not None:
         query = query.where(Dataset.tenant == shown)
-    return list(session.scalars(query.limit(limit)))
+    return keyset_page(
+        session, query, Dataset.created_at, Dataset.id, storage.SAFE_ID, limit, cursor, newest_first=True
+    )
 
 
 def delete_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:

@@ -6,13 +6,14 @@ GET /jobs/{id}/metrics under `evaluations`. The checks are in evaluations_servic
 worker/inference.py (run_evaluation) with worker/training/evaluation.py.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.broker import calls as worker_calls
 from app.broker.tasks import EVALUATE_TASK
+from app.core import http
 from app.core.db import SessionDep
 from app.core.schemas import UtcDatetime
 from app.inference import evaluations_service
@@ -26,6 +27,8 @@ router = APIRouter(prefix="/jobs", tags=["evaluations"])
 
 
 class EvaluationCreate(StrictModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"max_examples": 100, "include_base": True}]})
+
     dataset: str | None = Field(
         None,
         description="One of your dataset ids, with the columns the job's format uses; default: the job's "
@@ -96,21 +99,35 @@ class EvaluationsPublic(BaseModel):
     dependencies=[inference_rate("evaluations")],
     responses=LIMITED,
 )
-def start_evaluation(job_id: str, body: EvaluationCreate, caller: CallerDep, session: SessionDep) -> EvaluationPublic:
-    """Queue an evaluation of a succeeded job; poll `poll_url` until `succeeded` (with `result`) or `failed`."""
+def start_evaluation(
+    job_id: str, body: EvaluationCreate, caller: CallerDep, session: SessionDep, request: Request, response: Response
+) -> EvaluationPublic:
+    """Queue an evaluation of a succeeded job; poll `poll_url` (also `Location`) until `succeeded` (with `result`)
+    or `failed`."""
     job = jobs_service.get_job(session, caller, job_id)
     options = body.model_dump(exclude={"dataset"})
     evaluation = evaluations_service.create_evaluation(session, caller, job, body.dataset, options)
     session.commit()  # on record before a worker can pick it up
+    http.locate(request, response, "get_evaluation", job_id=job.id, evaluation_id=evaluation.id)
     worker_calls.send_recorded(session, EVALUATE_TASK, evaluation, "evaluation")
     return EvaluationPublic.of(evaluation)
 
 
 @router.get("/{job_id}/evaluations", response_model=EvaluationsPublic)
-def list_evaluations(job_id: str, caller: CallerDep, session: SessionDep) -> EvaluationsPublic:
-    """The job's on-demand evaluations, oldest first."""
+def list_evaluations(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Evaluations per page (oldest first).")] = 100,
+    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
+) -> EvaluationsPublic:
+    """The job's on-demand evaluations, oldest first, a page at a time (`next_cursor`, and `Link: rel="next"`)."""
     job = jobs_service.get_job(session, caller, job_id)
-    return EvaluationsPublic(data=[EvaluationPublic.of(e) for e in evaluations_service.list_evaluations(session, job)])
+    rows, next_cursor = evaluations_service.evaluations_page(session, job, limit, cursor)
+    http.link_next_page(request, response, next_cursor)
+    return EvaluationsPublic(data=[EvaluationPublic.of(e) for e in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}/evaluations/{evaluation_id}", response_model=EvaluationPublic)

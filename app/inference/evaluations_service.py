@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import storage
+from app.core.cursors import keyset_page
 from app.core.errors import Conflict, Invalid, NotFound
 from app.datasets import service as datasets_service
 from app.models import Evaluation, Job
@@ -75,6 +76,14 @@ def list_evaluations(session: Session, job: Job, status: str | None = None) -> l
     if status is not None:
         query = query.where(Evaluation.status == status)
     return list(session.scalars(query.order_by(Evaluation.created_at, Evaluation.id)))
+
+
+def evaluations_page(session: Session, job: Job, limit: int, cursor: str | None) -> tuple[list[Evaluation], str | None]:
+    """`limit` of the job's evaluations, oldest first, after `cursor`; and the next page's cursor (None: the last)."""
+    query = select(Evaluation).where(Evaluation.job_id == job.id)
+    return keyset_page(
+        session, query, Evaluation.created_at, Evaluation.id, storage.SAFE_ID, limit, cursor, newest_first=False
+    )
 
 
 def get_evaluation(session: Session, job: Job, evaluation_id: str) -> Evaluation:

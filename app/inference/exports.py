@@ -4,16 +4,18 @@ When an export succeeds, GET /jobs/{id}/artifacts lists `merged` and GET /jobs/{
 it (a .tar.gz of a model directory that AutoModelForCausalLM loads). The worker side is worker/export.py.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import storage
 from app.broker import calls as worker_calls
 from app.broker.tasks import EXPORT_TASK
+from app.core import http
+from app.core.cursors import keyset_page
 from app.core.db import SessionDep
 from app.core.errors import Conflict, NotFound
 from app.core.schemas import UtcDatetime
@@ -30,6 +32,8 @@ MERGEABLE = {"lora", "dora", "rslora", "ia3"}
 
 
 class ExportCreate(StrictModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"kind": "merged"}]})
+
     kind: Literal["merged"] = Field("merged", description="`merged`: adapter merged into the (dequantized) base.")
 
 
@@ -96,20 +100,37 @@ def create_export(session: Session, job: Job, kind: str) -> Export:
     dependencies=[inference_rate("exports")],
     responses=LIMITED,
 )
-def start_export(job_id: str, body: ExportCreate, caller: CallerDep, session: SessionDep) -> ExportPublic:
-    """Queue an export; poll GET /jobs/{id}/exports/{export_id} until `succeeded`, then download the artifact."""
+def start_export(
+    job_id: str, body: ExportCreate, caller: CallerDep, session: SessionDep, request: Request, response: Response
+) -> ExportPublic:
+    """Queue an export; poll `Location` (GET /jobs/{id}/exports/{export_id}) until `succeeded`, then download the
+    artifact."""
     job = jobs_service.get_job(session, caller, job_id)
     export = create_export(session, job, body.kind)
     session.commit()  # on record before a worker can pick it up
+    http.locate(request, response, "get_export", job_id=job.id, export_id=export.id)
     worker_calls.send_recorded(session, EXPORT_TASK, export, "export")
     return ExportPublic.of(export)
 
 
 @router.get("/{job_id}/exports", response_model=ExportsPublic)
-def list_exports(job_id: str, caller: CallerDep, session: SessionDep) -> ExportsPublic:
+def list_exports(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Exports per page (oldest first).")] = 100,
+    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
+) -> ExportsPublic:
+    """The job's exports, oldest first, a page at a time (`next_cursor`, and `Link: rel="next"`)."""
     job = jobs_service.get_job(session, caller, job_id)
-    rows = session.scalars(select(Export).where(Export.job_id == job.id).order_by(Export.created_at))
-    return ExportsPublic(data=[ExportPublic.of(e) for e in rows])
+    query = select(Export).where(Export.job_id == job.id)
+    rows, next_cursor = keyset_page(
+        session, query, Export.created_at, Export.id, storage.SAFE_ID, limit, cursor, newest_first=False
+    )
+    http.link_next_page(request, response, next_cursor)
+    return ExportsPublic(data=[ExportPublic.of(e) for e in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}/exports/{export_id}", response_model=ExportPublic)

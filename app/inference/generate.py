@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
 from app.broker import calls as worker_calls
@@ -32,6 +32,10 @@ PromptText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 
 
 class GenerateRequest(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompts": ["Write a haiku about the sea."], "max_new_tokens": 64}]}
+    )
+
     prompts: list[PromptText | dict[str, PromptText]] = Field(
         min_length=1,
         max_length=64,
@@ -100,7 +104,10 @@ def _generatable_job(session: Session, caller: Caller, job_id: str) -> tuple[Job
     "/{job_id}/generate",
     response_model=GenerationPublic,
     dependencies=[inference_rate("generate")],
-    responses={202: {"model": GenerationPublic, "description": "Still running: poll `poll_url`."}, **LIMITED},
+    responses={
+        202: {"model": GenerationPublic, "description": "Still running: poll `poll_url` (also `Location`)."},
+        **LIMITED,
+    },
 )
 async def generate(
     job_id: str,
@@ -127,7 +134,7 @@ async def generate(
     public = _public(request, state)
     if public.status == "succeeded":
         return public
-    return JSONResponse(public.model_dump(mode="json"), status_code=202)
+    return JSONResponse(public.model_dump(mode="json"), status_code=202, headers={"Location": public.poll_url or ""})
 
 
 @router.get("/{job_id}/generations/{generation_id}", response_model=GenerationPublic, name="get_generation")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
 from app.broker import calls as worker_calls
@@ -29,6 +29,10 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 
 
 class PredictRequest(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"texts": ["The battery died after two days.", "Works as described."]}]}
+    )
+
     texts: list[Text] = Field(
         min_length=1,
         max_length=MAX_TEXTS,

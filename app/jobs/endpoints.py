@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.broker.queue import enqueue_training
+from app.core import http
 from app.core.db import SessionDep
 from app.core.schemas import DeletedPublic
 from app.jobs import retention
@@ -45,11 +46,15 @@ def submit_job(
     spec: JobSpec,
     caller: CallerDep,
     session: SessionDep,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
+    """Queue a job; `Location` is its URL. A retry with the same `Idempotency-Key` and body returns the same job
+    (`Idempotent-Replayed: true`); the key reused with a different body is a 422."""
     job, created = jobs_service.create_job(session, caller, spec, idempotency_key)
     session.commit()  # the job is on record before any worker can hear of it
+    http.locate(request, response, "get_job", job_id=job.id)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     elif enqueue_training(job.id):  # else the broker is down: the job stays queued and the reconciler sends it
@@ -61,18 +66,22 @@ def submit_job(
 def list_jobs(
     caller: CallerDep,
     session: SessionDep,
+    request: Request,
+    response: Response,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     tenant: Annotated[str | None, Query(max_length=200, description="Admin keys: another tenant, or `*`.")] = None,
 ) -> JobsPublic:
     jobs, next_cursor = jobs_service.list_jobs(session, caller, status, limit, cursor, tenant)
+    http.link_next_page(request, response, next_cursor)
     return JobsPublic(data=[_public(session, j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobPublic:
-    return _public(session, jobs_service.get_job(session, caller, job_id))
+@router.get("/{job_id}", response_model=JobPublic, responses=http.NOT_MODIFIED)
+def get_job(job_id: str, caller: CallerDep, session: SessionDep, request: Request) -> Response:
+    """The job; with `If-None-Match` its last `ETag`, 304 while nothing in it has changed."""
+    return http.conditional_json(request, _public(session, jobs_service.get_job(session, caller, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
@@ -104,12 +113,18 @@ def clone_job(
     job_id: str,
     caller: CallerDep,
     session: SessionDep,
-    overrides: Annotated[dict[str, Any] | None, Body(description="Spec fields to change, deep-merged.")] = None,
+    request: Request,
+    response: Response,
+    overrides: Annotated[
+        dict[str, Any] | None,
+        Body(description="Spec fields to change, deep-merged.", examples=[{"training": {"seed": 7}}]),
+    ] = None,
 ) -> JobPublic:
     """A new queued job with this job's spec and `overrides` deep-merged in (e.g. `{"training": {"seed": 7}}`)."""
     source = jobs_service.get_job(session, caller, job_id)
     job, _ = jobs_service.create_job(session, caller, clone_spec(source.spec, overrides or {}), None)
     session.commit()
+    http.locate(request, response, "get_job", job_id=job.id)
     if enqueue_training(job.id):
         jobs_service.mark_enqueued(session, job)
     return _public(session, job)
@@ -119,9 +134,10 @@ PageLimit = Annotated[int, Query(ge=1, le=1000, description="Artifacts per page 
 PageCursor = Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")]
 
 
-def _artifacts(request: Request, job_id: str, page: tuple[list[Artifact], str | None]) -> ArtifactsPublic:
+def _artifacts(request: Request, job_id: str, page: tuple[list[Artifact], str | None]) -> Response:
+    """The page with its `ETag` (304 when unchanged) and its `Link` to the next page."""
     artifacts, next_cursor = page
-    return ArtifactsPublic(
+    body = ArtifactsPublic(
         data=[
             ArtifactPublic(
                 name=a.name,
@@ -136,9 +152,10 @@ def _artifacts(request: Request, job_id: str, page: tuple[list[Artifact], str | 
         ],
         next_cursor=next_cursor,
     )
+    return http.conditional_json(request, body, headers=http.next_link(request, next_cursor))
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=http.NOT_MODIFIED)
 def list_artifacts(
     job_id: str,
     caller: CallerDep,
@@ -146,13 +163,13 @@ def list_artifacts(
     request: Request,
     limit: PageLimit = 100,
     cursor: PageCursor = None,
-) -> ArtifactsPublic:
+) -> Response:
     """The job's adapter, packed checkpoints and exports, oldest first, a page at a time (`next_cursor`)."""
     job = jobs_service.get_job(session, caller, job_id)
     return _artifacts(request, job.id, jobs_service.artifacts_page(session, job, None, limit, cursor))
 
 
-@router.get("/{job_id}/checkpoints", response_model=ArtifactsPublic)
+@router.get("/{job_id}/checkpoints", response_model=ArtifactsPublic, responses=http.NOT_MODIFIED)
 def list_checkpoints(
     job_id: str,
     caller: CallerDep,
@@ -160,7 +177,7 @@ def list_checkpoints(
     request: Request,
     limit: PageLimit = 100,
     cursor: PageCursor = None,
-) -> ArtifactsPublic:
+) -> Response:
     """Packed checkpoint adapters, oldest first; each downloads as a .tar.gz like the adapter."""
     job = jobs_service.get_job(session, caller, job_id)
     return _artifacts(request, job.id, jobs_service.artifacts_page(session, job, "checkpoint", limit, cursor))

@@ -1,9 +1,9 @@
 """Jobs: submit (checked against the caller's data), read, list, cancel, metrics and artifacts."""
 
-import base64
+import hashlib
+import json
 import logging
 import re
-from datetime import datetime
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +13,7 @@ from app import storage
 from app.broker import events
 from app.checks import estimate as estimate_service
 from app.checks import service as validate_service
+from app.core.cursors import keyset_page
 from app.core.errors import Conflict, Invalid, NotFound
 from app.fleet.routing import training_queue_for
 from app.jobs import retention
@@ -26,14 +27,34 @@ log = logging.getLogger(__name__)
 ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
-def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
-    """Record a queued job; returns (job, created). Commit, then enqueue: the caller does both."""
-    if idempotency_key:
-        existing = session.scalar(
-            select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
+def request_hash(spec: JobSpec) -> str:
+    """The sha256 of the spec as submitted, canonical (defaults filled in, keys sorted): two bodies that ask for
+    the same job hash alike however they are spelled."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replayed(session: Session, caller: Caller, idempotency_key: str, spec_hash: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key made; 422 if that request asked for another job.
+
+    Jobs recorded before keys were stored with a hash (NULL) are returned as they always were."""
+    job = session.scalar(select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key))
+    if job is not None and job.idempotency_hash not in (None, spec_hash):
+        raise Invalid(
+            f"Idempotency-Key {idempotency_key!r} was already used for a different request (it made job {job.id}); "
+            "send a new key for a new job, or resend that request's exact body to get the same job back"
         )
-        if existing is not None:
-            return existing, False
+    return job
+
+
+def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    """Record a queued job; returns (job, created). Commit, then enqueue: the caller does both.
+
+    With an Idempotency-Key, a retry of the same request returns the job the first one made (created False),
+    and the key reused for a different spec is refused (422) rather than silently answered with that job."""
+    spec_hash = request_hash(spec)
+    if idempotency_key and (existing := _replayed(session, caller, idempotency_key, spec_hash)) is not None:
+        return existing, False
     limits.check_queued_quota(session, caller.tenant)
     quotas.check_artifact_quota(session, caller.tenant)
     report = validate_service.validate_submission(session, caller, spec)
@@ -45,6 +66,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         spec=spec.model_dump(mode="json"),
         dataset_id=spec.dataset if isinstance(spec.dataset, str) else None,
         idempotency_key=idempotency_key,
+        idempotency_hash=spec_hash if idempotency_key else None,
         estimate=estimate_service.stored_estimate(report),
         queue=training_queue_for(spec.resources),
         priority=spec.priority,
@@ -54,9 +76,9 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         session.flush()
     except IntegrityError:  # two retries with one Idempotency-Key raced; the other one won
         session.rollback()
-        return session.scalar(
-            select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key)
-        ), False
+        if idempotency_key and (winner := _replayed(session, caller, idempotency_key, spec_hash)) is not None:
+            return winner, False
+        raise
     if job.estimate and job.estimate.get("adjusted"):
         _publish_warning(job.id, job.estimate["adjusted"])
     return job, True
@@ -104,21 +126,6 @@ def queue_position(session: Session, job: Job) -> int | None:
     return 1 + (session.scalar(ahead) or 0)
 
 
-def _encode_cursor(created_at: datetime, key: str) -> str:
-    """An opaque page cursor: where the last row shown sorts (its time, then its id or name)."""
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{key}".encode()).decode()
-
-
-def _decode_cursor(cursor: str, key_shape: re.Pattern[str]) -> tuple[datetime, str]:
-    try:
-        created, key = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        if not key_shape.fullmatch(key):
-            raise ValueError(key)
-        return datetime.fromisoformat(created), key
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("cursor: not a cursor this API returned; pass next_cursor from a previous page") from None
-
-
 def list_jobs(
     session: Session, caller: Caller, status: str | None, limit: int, cursor: str | None, tenant: str | None = None
 ) -> tuple[list[Job], str | None]:
@@ -128,12 +135,7 @@ def list_jobs(
         query = query.where(Job.tenant == shown)
     if status:
         query = query.where(Job.status == status)
-    if cursor:
-        created, job_id = _decode_cursor(cursor, storage.SAFE_ID)
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(jobs[limit - 1].created_at, jobs[limit - 1].id) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+    return keyset_page(session, query, Job.created_at, Job.id, storage.SAFE_ID, limit, cursor, newest_first=True)
 
 
 def cancel_job(session: Session, caller: Caller, job_id: str) -> Job:
@@ -171,14 +173,14 @@ def delete_job(session: Session, caller: Caller, job_id: str, keep_metrics: bool
 
 def list_artifacts(session: Session, job: Job, kind: str | None = None) -> list[Artifact]:
     """All the job's artifacts, oldest first (internal readers; the API lists pages: artifacts_page)."""
-    return list(session.scalars(_artifacts_query(job, kind)))
+    return list(session.scalars(_artifacts_query(job, kind).order_by(Artifact.created_at, Artifact.name)))
 
 
 def _artifacts_query(job: Job, kind: str | None) -> Select[tuple[Artifact]]:
     query = select(Artifact).where(Artifact.job_id == job.id)
     if kind:
         query = query.where(Artifact.kind == kind)
-    return query.order_by(Artifact.created_at, Artifact.name)
+    return query
 
 
 def artifacts_page(
@@ -186,14 +188,9 @@ def artifacts_page(
 ) -> tuple[list[Artifact], str | None]:
     """`limit` of the job's artifacts, oldest first, after `cursor`; and the next page's cursor (None: the last)."""
     query = _artifacts_query(job, kind)
-    if cursor:
-        created, name = _decode_cursor(cursor, ARTIFACT_NAME)
-        query = query.where(
-            or_(Artifact.created_at > created, and_(Artifact.created_at == created, Artifact.name > name))
-        )
-    rows = list(session.scalars(query.limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1].created_at, rows[limit - 1].name) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return keyset_page(
+        session, query, Artifact.created_at, Artifact.name, ARTIFACT_NAME, limit, cursor, newest_first=False
+    )
 
 
 def artifact_file(session: Session, job: Job, name: str) -> tuple[Artifact, str]:

@@ -3,10 +3,11 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
+from app.core import http
 from app.core.db import SessionDep
 from app.inference import evaluations_service
 from app.inference.evaluations import EvaluationPublic
@@ -52,12 +53,16 @@ class CurvePublic(BaseModel):
 @router.get(
     "/{job_id}/metrics",
     response_model=CurvePublic,
-    responses={200: {"content": {"text/csv": {}}, "headers": {"X-Last-Event-ID": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/csv": {}}, "headers": {"X-Last-Event-ID": {"schema": {"type": "string"}}}},
+        **http.NOT_MODIFIED,
+    },
 )
 def get_metrics(
     job_id: str,
     caller: CallerDep,
     session: SessionDep,
+    request: Request,
     since_step: Annotated[
         int | None, Query(ge=0, le=2**31 - 1, description="Only points with step > since_step.")
     ] = None,
@@ -66,7 +71,8 @@ def get_metrics(
     ] = None,
     format: Annotated[Literal["json", "csv"], Query(description="`csv`: one results file, a row per point.")] = "json",
 ) -> Response:
-    """The curve so far. `X-Last-Event-ID` says where GET /jobs/{id}/events continues from without a gap."""
+    """The curve so far. `X-Last-Event-ID` says where GET /jobs/{id}/events continues from without a gap; with
+    `If-None-Match` the last `ETag`, 304 while no point, status or evaluation has changed."""
     job = jobs_service.get_job(session, caller, job_id)
     newest_event = metrics_service.last_event_id(job.id)  # before the SQL read; see last_event_id
     train = metrics_service.curve(session, job, "train", since_step, max_points)
@@ -74,10 +80,10 @@ def get_metrics(
     headers = {"X-Last-Event-ID": newest_event} if newest_event else {}
     if format == "csv":
         headers["Content-Disposition"] = f'attachment; filename="{job.id}-metrics.csv"'
-        return Response(metrics_service.to_csv(train, evals), media_type="text/csv", headers=headers)
+        return http.conditional(request, metrics_service.to_csv(train, evals).encode(), "text/csv", headers)
     # Plain dicts straight to JSON: validating 100k points through pydantic would cost more than the query.
     body = {"job_id": job.id, "status": job.status, "train": train, "eval": evals, "evaluation": job.evaluation}
     body["evaluations"] = [
         EvaluationPublic.of(e).model_dump(mode="json") for e in evaluations_service.list_evaluations(session, job)
     ]
-    return JSONResponse(body, headers=headers)
+    return http.conditional_json(request, body, headers)

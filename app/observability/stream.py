@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
@@ -32,7 +32,7 @@ from app.jobs import service as jobs_service
 from app.jobs.schemas import JobPublic
 from app.models import TERMINAL_STATUSES, Job
 from app.tenants import slots
-from app.tenants.auth import Caller, authenticate
+from app.tenants.auth import Caller, authenticate, bearer_scheme
 from app.tenants.limits import LIMITED
 
 router = APIRouter(prefix="/jobs", tags=["events"])
@@ -166,6 +166,7 @@ async def _stream(
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
+    dependencies=[Security(bearer_scheme)],  # the scheme in OpenAPI; the key is checked in _authorize
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "A stream of Server-Sent Events."},
         **LIMITED,

@@ -29,6 +29,7 @@ from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, SubmitRate, UploadRate
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+ROWS = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n'  # example
 After = Annotated[str | None, Query(max_length=200, description="An id from the previous page: continue after it.")]
 
 
@@ -36,8 +37,10 @@ After = Annotated[str | None, Query(max_length=200, description="An id from the 
 def upload_file(
     caller: CallerDep,
     session: SessionDep,
-    file: Annotated[UploadFile, File(description="JSONL: chat `{messages}` or `{prompt, completion}` lines")],
-    purpose: Annotated[str, Form(description="Must be `fine-tune`.")],
+    file: Annotated[
+        UploadFile, File(description="JSONL: chat `{messages}` or `{prompt, completion}` lines", examples=[ROWS])
+    ],
+    purpose: Annotated[str, Form(description="Must be `fine-tune`.", examples=["fine-tune"])],
 ) -> FileObject:
     dataset = openai_service.upload_file(session, caller, file.file, file.filename, purpose)
     session.commit()  # before the response: a client's next request must find the file

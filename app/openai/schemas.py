@@ -72,7 +72,19 @@ class Method(BaseModel):
 class FineTuningJobCreate(BaseModel):
     """Body of POST /v1/fine_tuning/jobs: OpenAI's fields plus `spec_overrides`, this service's extension."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+                    "training_file": "ds_0123456789abcdef01234567",
+                    "suffix": "support-bot",
+                    "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+                }
+            ]
+        },
+    )
 
     model: str = Field(
         description="The base model (a Hugging Face Hub id or a directory in FT_MODELS_DIR), or one of your "

@@ -125,7 +125,22 @@ class SamplingRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+FINE_TUNED = "ft:TinyLlama-TinyLlama-1.1B-Chat-v1.0:research:support-bot:job_0123456789abcdef01234567"
+
+
 class ChatCompletionCreate(SamplingRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": FINE_TUNED,
+                    "messages": [{"role": "user", "content": "How do I reset my password?"}],
+                    "max_completion_tokens": 128,
+                }
+            ]
+        }
+    )
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024, description="The conversation so far.")
     tools: list[dict[str, Any]] | None = Field(
         None, max_length=128, description="Tool definitions, passed to the model's chat template as it trained."
@@ -171,6 +186,10 @@ class ChatCompletionCreate(SamplingRequest):
 
 
 class CompletionCreate(SamplingRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": FINE_TUNED, "prompt": "Once upon a time", "max_tokens": 32}]}
+    )
+
     prompt: str | list[str] = Field(description="The text to continue, as given (no chat template).")
     max_tokens: int | None = Field(16, ge=1, description="Tokens generated per choice at most (OpenAI's default 16).")
     echo: bool = False

@@ -3,7 +3,7 @@
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from app.core.egress import check_url
 from app.spec.adapter import Adapter, LoraAdapter, adapter_problems
@@ -173,8 +173,15 @@ MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 
 
+# A chat fine-tune of an uploaded dataset (a made-up id): what most jobs set.
+EXAMPLE = {"base_model": "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "dataset": "ds_0123456789abcdef01234567"}
+EXAMPLE |= {"name": "support-bot", "format": {"type": "chat"}, "training": {"max_steps": 200}}
+
+
 class JobSpec(StrictModel):
     """What to fine-tune, on which data, and how."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE]})  # shown in /docs, fuzzed first
 
     name: str | None = Field(None, max_length=200, description="A label for people.")
     task: Literal["causal_lm", "classification"] = Field(

@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -71,7 +72,19 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
     return Caller(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
 
 
-def current_caller(request: Request, session: SessionDep) -> Caller:
+# The scheme as OpenAPI shows it (`bearerAuth` on every operation that needs a key). It does not decide anything:
+# with auto_error=False it hands over None for a missing key and for a malformed header alike, and a caller
+# should be told which of the two it sent, so `authenticate` reads the header itself.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="An `ft_...` API key (`ftctl keys create NAME`), sent as `Authorization: Bearer <key>`.",
+)
+BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+
+
+def current_caller(request: Request, session: SessionDep, _declared: BearerKey) -> Caller:
+    """The caller the request's key belongs to (401 with `WWW-Authenticate: Bearer` for no valid key)."""
     return authenticate(session, request.headers.get("authorization"))
 
 

@@ -3,9 +3,10 @@
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from app.core import http
 from app.core.config import TENANT_LIMIT_NAMES, Settings
 from app.core.db import SessionDep
 from app.core.errors import Forbidden
@@ -63,7 +64,9 @@ class KeysPublic(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "ci", "tenant": "research", "is_admin": False}]}
+    )
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="A label.")
     tenant: str = Field(max_length=100, description="The team the key acts for.")
@@ -112,10 +115,17 @@ def list_keys(session: SessionDep, tenant: TenantQuery = None) -> KeysPublic:
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated)
-def create_key(body: KeyCreate, session: SessionDep) -> KeyCreated:
-    """Make a key; the response is the only time the key is ever shown."""
+def create_key(body: KeyCreate, session: SessionDep, request: Request, response: Response) -> KeyCreated:
+    """Make a key; the response is the only time the key is ever shown (`Location`: the key's record)."""
     key, secret = admin_service.make_key(session, body.name, body.tenant, body.is_admin)
+    http.locate(request, response, "get_key", key_id=key.id)
     return KeyCreated(**KeyPublic.of(key).model_dump(), key=secret)
+
+
+@router.get("/keys/{key_id}", response_model=KeyPublic)
+def get_key(key_id: Annotated[str, Path(max_length=40)], session: SessionDep) -> KeyPublic:
+    """A key's record (never the key): its tenant, whether it is an admin key, when it was revoked."""
+    return KeyPublic.of(admin_service.get_key(session, key_id))
 
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyPublic)
@@ -137,12 +147,15 @@ def webhook_secret_status(tenant: TenantPath, session: SessionDep) -> SecretStat
 
 
 @router.post("/tenants/{tenant}/webhook-secret", status_code=201, response_model=SecretCreated)
-def rotate_webhook_secret(tenant: TenantPath, session: SessionDep) -> SecretCreated:
+def rotate_webhook_secret(
+    tenant: TenantPath, session: SessionDep, request: Request, response: Response
+) -> SecretCreated:
     """Make (or rotate: the old one stops at once) the secret the tenant's webhooks are signed with.
 
     The response is the only time the secret is shown; receivers verify `X-FT-Signature` with it.
     """
     created_at, secret = admin_service.rotate_webhook_secret(session, tenant)
+    http.locate(request, response, "webhook_secret_status", tenant=tenant)
     return SecretCreated(**SecretStatus.of(tenant, WEBHOOK_SECRET, created_at).model_dump(), secret=secret)
 
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.schemas import UtcDatetime
 
@@ -31,6 +31,8 @@ class SecretCreated(SecretStatus):
 
 
 class HubTokenSet(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"token": "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"}]})
+
     token: str = Field(
         min_length=8,
         max_length=400,

@@ -30,10 +30,15 @@ def make_key(session: Session, name: str, tenant: str, is_admin: bool) -> tuple[
     return session.scalar(select(ApiKey).where(ApiKey.prefix == lookup)), secret
 
 
-def revoke_key(session: Session, key_id: str) -> ApiKey:
+def get_key(session: Session, key_id: str) -> ApiKey:
     key = session.get(ApiKey, key_id) if storage.SAFE_ID.fullmatch(key_id) else None
     if key is None:
         raise NotFound(f"no key with id {key_id!r}; list them with GET /admin/keys")
+    return key
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    key = get_key(session, key_id)
     key.revoked_at = key.revoked_at or utcnow()
     session.flush()
     return key

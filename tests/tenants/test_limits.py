@@ -236,8 +236,11 @@ def test_openapi_declares_errors_and_auth_on_every_operation() -> None:
             if "{" in path:
                 assert "404" in codes, (method, path)
             for code in (c for c in codes if c.isdigit() and int(c) >= 400):
-                content = operation["responses"][code]["content"]["application/json"]["schema"]
-                assert content["required"] == (["error"] if path.startswith("/v1/") else ["detail"]), (path, code)
+                openai = path.startswith("/v1/")  # OpenAI's error shape; elsewhere RFC 9457 problem details
+                media = "application/json" if openai else "application/problem+json"
+                content = operation["responses"][code]["content"][media]["schema"]
+                required = ["error"] if openai else ["type", "title", "status", "detail", "instance"]
+                assert content["required"] == required, (path, code)
     assert "429" in schema["paths"]["/jobs"]["post"]["responses"]
     assert "429" in schema["paths"]["/datasets"]["post"]["responses"]
 
