@@ -142,5 +142,5 @@ def test_the_dashboard_has_no_inline_script_or_style() -> None:
         html = page.read_text()
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), page.name
         assert "<style" not in html and " style=" not in html and "onclick=" not in html, page.name
-    for script in STATIC_DIR.glob("*.js"):
+    for script in STATIC_DIR.rglob("*.js"):
         assert 'setAttribute("style"' not in script.read_text(), script.name

@@ -1,7 +1,10 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Playwright): sign in, upload a dataset,
-submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved."""
+submit a job through the form, watch its loss curve draw and grow, cancel it; screenshots are saved. A finished
+classification job's page: uPlot charts that zoom and switch to a log scale, accuracy and macro-F1 curves, the
+event history, and a return visit answered by 304s."""
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+from ftctl.sentiment_samples import training_rows
 from tests.integration.conftest import ONE_DATABASE, TERMINAL, Stack
 from tests.integration.test_end_to_end import quotes_jsonl
 
@@ -58,6 +62,23 @@ def wait_for_points(page: Page, chart: str, more_than: int, timeout_ms: float = 
     while chart_points(page, chart) <= more_than:
         assert time.monotonic() < deadline, f"{chart} still has {chart_points(page, chart)} points"
         page.wait_for_timeout(250)
+
+
+def x_range(page: Page, chart: str) -> tuple[float, float]:
+    """The x range the uPlot chart shows now (the chart writes its scale into data-x-min / data-x-max)."""
+    box = page.locator(chart)
+    return float(box.get_attribute("data-x-min") or "nan"), float(box.get_attribute("data-x-max") or "nan")
+
+
+def drag_across(page: Page, chart: str, start: float, end: float) -> None:
+    """Press on the plot area at `start` of its width, drag to `end`, let go: how a person zooms a uPlot."""
+    area = page.locator(f"{chart} .u-over").bounding_box()
+    assert area, f"{chart} has no plot area"
+    y = area["y"] + area["height"] / 2
+    page.mouse.move(area["x"] + area["width"] * start, y)
+    page.mouse.down()
+    page.mouse.move(area["x"] + area["width"] * end, y, steps=8)
+    page.mouse.up()
 
 
 def sign_in(page: Page, stack: Stack) -> None:
@@ -148,6 +169,8 @@ def test_the_page_is_served_without_a_key_but_data_needs_one(stack: Stack) -> No
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert 'src="/ui/app.js"' in page.text and "http" not in page.text.split("<body>")[0], "no CDN"
         assert anonymous.get("/ui/chart.js").status_code == 200
+        assert anonymous.get("/ui/vendor/uplot/uPlot.esm.js").status_code == 200  # vendored: no CDN, works offline
+        assert "MIT License" in anonymous.get("/ui/vendor/uplot/LICENSE").text
         assert anonymous.get("/jobs").status_code == 401
 
 
@@ -177,5 +200,83 @@ def test_a_preference_job_shows_its_reward_curves(stack: Stack, page: Page) -> N
     sign_in(page, stack)
     page.goto(f"{stack.local.base_url}/#/jobs/{created.json()['id']}")
     expect(page.locator("#reward-chart")).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#reward-chart .uplot")).to_have_count(1)
     wait_for_points(page, "#reward-chart", 3, timeout_ms=30_000)
     expect(page.locator("#loss-chart")).to_be_visible()
+    expect(page.locator("#classification-chart")).to_be_hidden()  # no accuracy or F1 in a DPO job's evals
+
+
+def test_a_finished_classification_job_zooms_scales_scores_and_lists_its_history(stack: Stack, page: Page) -> None:
+    dataset = stack.upload("sentiment.jsonl", "\n".join(json.dumps(r) for r in training_rows()).encode())
+    spec = {
+        "task": "classification",
+        "base_model": "tiny-llama",
+        "dataset": dataset["id"],
+        "format": {"type": "classification", "text": "sentence", "label": "label"},
+        "quantization": None,
+        "training": {
+            "max_steps": 6,
+            "batch_size": 8,
+            "eval_fraction": 0.2,
+            "eval_every_steps": 2,
+            "optimizer": "adamw_torch",
+        },
+    }
+    created = stack.client.post("/jobs", json=spec)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert stack.wait(job_id)["status"] == "succeeded"
+    curve = stack.client.get(f"/jobs/{job_id}/metrics").json()
+    assert len(curve["eval"]) >= 2 and all("accuracy" in p and "f1" in p for p in curve["eval"])
+
+    sign_in(page, stack)
+    page.goto(f"{stack.local.base_url}/#/jobs/{job_id}")
+    expect(page.locator("#loss-chart .uplot")).to_have_count(1)
+    wait_for_points(page, "#loss-chart", len(curve["train"]) - 1, timeout_ms=30_000)
+    scores = page.locator("#classification-chart")
+    expect(scores).to_be_visible()
+    expect(scores).to_have_attribute("data-points", str(len(curve["eval"])))
+    expect(scores.locator(".u-legend")).to_contain_text("accuracy")
+    expect(scores.locator(".u-legend")).to_contain_text("macro-F1")
+
+    # The event history of a finished job, read after the fact (it was empty before: only live events showed).
+    log = page.locator("#event-log")
+    expect(log).to_contain_text("status succeeded")
+    expect(log).to_contain_text("status running")
+    expect(log).to_contain_text(f"eval at step {curve['eval'][-1]['step']}")
+    expect(log).to_contain_text("accuracy")
+
+    # The legend reads the values under the cursor; drag to zoom on x, double-click to zoom back out.
+    step_in_legend = page.locator("#loss-chart .u-legend .u-series").first.locator(".u-value")
+    assert not any(c.isdigit() for c in step_in_legend.inner_text())
+    area = page.locator("#loss-chart .u-over").bounding_box()
+    assert area
+    page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
+    expect(step_in_legend).to_have_text(re.compile(r"^\d+$"))
+    full = x_range(page, "#loss-chart")
+    drag_across(page, "#loss-chart", 0.3, 0.7)
+    expect(page.locator("#loss-chart")).to_have_attribute("data-zoomed", "true")
+    zoomed = x_range(page, "#loss-chart")
+    assert full[0] < zoomed[0] < zoomed[1] < full[1], (full, zoomed)
+    page.mouse.dblclick(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
+    expect(page.locator("#loss-chart")).to_have_attribute("data-zoomed", "false")
+    assert x_range(page, "#loss-chart") == full
+
+    expect(page.locator("#loss-chart")).to_have_attribute("data-y-scale", "linear")
+    page.check("#loss-log")
+    expect(page.locator("#loss-chart")).to_have_attribute("data-y-scale", "log")
+    expect(page.locator("#loss-chart .uplot")).to_have_count(1)  # redrawn in place, not a second chart
+    expect(page.locator("#loss-chart")).to_have_attribute("data-points", str(len(curve["train"])))
+    page.uncheck("#loss-log")
+    expect(page.locator("#loss-chart")).to_have_attribute("data-y-scale", "linear")
+
+    # A return visit asks with the ETags it holds: the record and the curve come back 304, the page still draws.
+    answers: list[tuple[str, int, str | None]] = []
+    page.on("response", lambda r: answers.append((r.url, r.status, r.request.headers.get("if-none-match"))))
+    page.click("nav a[href='#/']")
+    expect(page.locator(f"tr[data-job-id='{job_id}']")).to_be_visible()
+    page.goto(f"{stack.local.base_url}/#/jobs/{job_id}")
+    wait_for_points(page, "#loss-chart", len(curve["train"]) - 1, timeout_ms=30_000)
+    expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+    revalidated = {url.split(stack.local.base_url, 1)[1] for url, status, tag in answers if status == 304 and tag}
+    assert {f"/jobs/{job_id}", f"/jobs/{job_id}/metrics?max_points=2000"} <= revalidated, answers

@@ -66,13 +66,19 @@ function jobListView(api) {
   );
   const message = h("div");
   let timer = null;
+  let shown = null; // the list the rows show now
   async function refresh() {
     clearTimeout(timer);
     try {
       const query = status.value ? `&status=${status.value}` : "";
-      const page = await api.get(`/jobs?limit=100${query}`);
-      body.replaceChildren(...page.data.map(jobRow));
-      if (!page.data.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted empty" }, "No jobs yet.")));
+      // With If-None-Match: an unchanged list is a 304 and leaves the rows (and the row under the mouse) alone.
+      const path = `/jobs?limit=100${query}`;
+      const { body: page, changed } = await api.getFresh(path);
+      if (changed || path !== shown) {
+        shown = path;
+        body.replaceChildren(...page.data.map(jobRow));
+        if (!page.data.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted empty" }, "No jobs yet.")));
+      }
       message.replaceChildren();
     } catch (err) {
       message.replaceChildren(errorBox(err));

@@ -1,53 +1,55 @@
-// #/jobs/ID: live curves (loss and eval loss, learning rate, tokens/s), progress, spec, error, cancel, downloads.
+// #/jobs/ID: live curves (job-charts.js), progress, spec, error, cancel, downloads and the job's events.
 // The curve so far comes from GET /metrics; GET /events then continues from the X-Last-Event-ID that
 // response carried, so no point is missed or drawn twice; a dropped stream resumes with Last-Event-ID.
+// A finished job's Events panel lists its history (GET /events?follow=false). While the job runs, the record
+// and the artifacts are polled with If-None-Match: a 304 costs the server a hash and the page nothing.
 
-import { LineChart, formatNumber } from "./chart.js";
+import { formatNumber } from "./chart.js";
 import { TERMINAL, badge, bytes, errorBox, eta, h, progressBar, when } from "./dom.js";
+import { JobCharts } from "./job-charts.js";
 
-const COLORS = { loss: "#2563eb", eval: "#ea580c", lr: "#7c3aed", tps: "#059669", margin: "#db2777", accuracy: "#0891b2" };
-const MARGIN = "rewards/margins";
-const ACCURACY = "rewards/accuracies";
+const POLL_MS = 5000;
+const RETRY_MS = 2000;
+const MAX_LOG = 200;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function stat(label, id) {
   return h("div", { class: "stat" }, h("div", { class: "stat-label" }, label), h("div", { class: "stat-value", id }, "–"));
 }
 
-function chartFigure(id, title, legend) {
-  const canvas = h("canvas", { id, class: "chart", dataset: { points: "0" } });
-  const keys = legend.map(([name, color]) => h("span", { class: "legend" }, h("i", { style: `background:${color}` }), name));
-  return { canvas, figure: h("figure", { class: "card chart-card" }, h("figcaption", {}, title, ...keys), canvas) };
+// A stream id is `<milliseconds>-<sequence>`: when the event happened, for events read after the fact.
+function eventTime(id) {
+  const ms = id ? Number(id.split("-")[0]) : NaN;
+  return Number.isFinite(ms) ? new Date(ms) : null;
+}
+
+// One line of the Events panel for an event, or null for those the charts show (metric points).
+function describe(event) {
+  const data = event.data;
+  if (event.event === "status") {
+    const text = `status ${data.status}${data.reason ? ` (${data.reason})` : ""}${data.error ? `: ${data.error.message}` : ""}`;
+    return { text, kind: data.error ? "error" : "info" };
+  }
+  if (event.event === "eval") {
+    const scores = [["eval_loss", data.eval_loss], ["accuracy", data.accuracy], ["macro-F1", data.f1]]
+      .filter(([, v]) => v !== null && v !== undefined)
+      .map(([name, v]) => `${name} ${formatNumber(v)}`);
+    return { text: `eval at step ${data.step}: ${scores.join(", ")}`, kind: "info" };
+  }
+  if (event.event === "checkpoint") return { text: `checkpoint saved at step ${data.step}`, kind: "info" };
+  if (event.event === "warning") return { text: data.message, kind: "warning" };
+  return null;
 }
 
 export function jobView(view, api, jobId, onUnauthorized) {
   let job = null;
   let lastEventId = null;
   let lastStep = 0;
+  let streamDown = false; // no live stream (refused or dropped): the poll reads the curve instead
   const controller = new AbortController();
   const stop = { disposed: false };
-
-  const loss = chartFigure("loss-chart", "Loss", [["train", COLORS.loss], ["eval", COLORS.eval]]);
-  const lr = chartFigure("lr-chart", "Learning rate", [["lr", COLORS.lr]]);
-  const tps = chartFigure("tps-chart", "Tokens / s", [["tokens/s", COLORS.tps]]);
-  // Preference jobs (DPO, KTO, ORPO, SimPO): the reward margin while training, the reward accuracy at each eval.
-  const rewards = chartFigure("reward-chart", "Rewards", [["margin (train)", COLORS.margin], ["accuracy (eval)", COLORS.accuracy]]);
-  rewards.figure.hidden = true;
-  const charts = {
-    loss: new LineChart(loss.canvas, { series: [{ name: "train", color: COLORS.loss }, { name: "eval", color: COLORS.eval, dots: true }] }),
-    lr: new LineChart(lr.canvas, { series: [{ name: "lr", color: COLORS.lr }], yFormat: (v) => v.toExponential(2) }),
-    tps: new LineChart(tps.canvas, { series: [{ name: "tokens/s", color: COLORS.tps }] }),
-    rewards: new LineChart(rewards.canvas, {
-      series: [{ name: "margin", color: COLORS.margin }, { name: "accuracy", color: COLORS.accuracy, dots: true }],
-    }),
-  };
-  function addRewards(train, evals) {
-    const margins = train.filter((p) => p[MARGIN] != null).map((p) => ({ x: p.step, y: p[MARGIN] }));
-    const accuracies = evals.filter((p) => p[ACCURACY] != null).map((p) => ({ x: p.step, y: p[ACCURACY] }));
-    if (!margins.length && !accuracies.length) return;
-    rewards.figure.hidden = false;
-    if (margins.length) charts.rewards.addPoints(0, margins);
-    if (accuracies.length) charts.rewards.addPoints(1, accuracies);
-  }
+  const charts = new JobCharts();
+  const CURVE = `/jobs/${jobId}/metrics?max_points=2000`;
 
   const title = h("h1", { id: "job-title" }, jobId);
   const statusSlot = h("span", { id: "job-status" });
@@ -60,10 +62,11 @@ export function jobView(view, api, jobId, onUnauthorized) {
   const liveBadge = h("span", { class: "live", title: "following the job's events" }, "live");
   const specBlock = h("pre", { id: "job-spec", class: "spec" });
 
-  function logEvent(text, kind = "info") {
+  function logEvent(text, kind = "info", at = new Date()) {
     eventLog.querySelector("li.muted")?.remove();
-    eventLog.prepend(h("li", { class: `log-${kind}` }, h("time", {}, new Date().toLocaleTimeString()), " ", text));
-    while (eventLog.children.length > 200) eventLog.lastChild.remove();
+    const time = at ? h("time", { datetime: at.toISOString() }, at.toLocaleTimeString()) : null;
+    eventLog.prepend(h("li", { class: `log-${kind}` }, time, " ", text));
+    while (eventLog.children.length > MAX_LOG) eventLog.lastChild.remove();
   }
 
   function renderJob() {
@@ -92,25 +95,38 @@ export function jobView(view, api, jobId, onUnauthorized) {
     const fresh = points.filter((p) => p.step > lastStep);
     if (!fresh.length) return;
     lastStep = fresh[fresh.length - 1].step;
-    charts.loss.addPoints(0, fresh.map((p) => ({ x: p.step, y: p.loss })));
-    charts.lr.addPoints(0, fresh.map((p) => ({ x: p.step, y: p.learning_rate })));
-    charts.tps.addPoints(0, fresh.map((p) => ({ x: p.step, y: p.tokens_per_second })));
-    addRewards(fresh, []);
+    charts.addTrain(fresh);
     const latest = fresh[fresh.length - 1];
     document.getElementById("stat-tps").textContent = formatNumber(latest.tokens_per_second);
     if (latest.peak_memory_mb) document.getElementById("stat-tps").textContent += ` · ${formatNumber(latest.peak_memory_mb)} MB peak`;
   }
 
+  function showCurve(curve) {
+    charts.clear();
+    lastStep = 0;
+    addTrain(curve.train);
+    charts.addEval(curve.eval);
+  }
+
   async function refreshJob() {
-    job = await api.get(`/jobs/${jobId}`);
+    const fresh = await api.getFresh(`/jobs/${jobId}`);
+    if (stop.disposed || (!fresh.changed && job)) return; // the page may have been left while this was asked
+    job = fresh.body;
     renderJob();
   }
 
+  async function refreshCurve() {
+    const fresh = await api.getFresh(CURVE);
+    if (fresh.changed && !stop.disposed) showCurve(fresh.body);
+  }
+
   async function refreshArtifacts() {
-    const page = await api.get(`/jobs/${jobId}/artifacts`);
+    const fresh = await api.getFresh(`/jobs/${jobId}/artifacts`);
+    if (stop.disposed || (!fresh.changed && artifactList.children.length)) return;
+    const artifacts = fresh.body.data;
     artifactList.replaceChildren(
-      ...(page.data.length ? [] : [h("li", { class: "muted" }, "Nothing to download yet.")]),
-      ...page.data.map((a) =>
+      ...(artifacts.length ? [] : [h("li", { class: "muted" }, "Nothing to download yet.")]),
+      ...artifacts.map((a) =>
         h("li", {},
           h("button", { class: "link", onclick: () => api.download(a.download_url, `${jobId}-${a.name}.tar.gz`).catch((e) => logEvent(e.message, "warning")) }, a.name),
           h("span", { class: "muted small" }, ` ${a.kind} · ${bytes(a.size_bytes)}${a.step ? ` · step ${a.step}` : ""}`)),
@@ -120,26 +136,22 @@ export function jobView(view, api, jobId, onUnauthorized) {
 
   function onEvent(event) {
     const data = event.data;
+    const line = describe(event);
+    if (line) logEvent(line.text, line.kind);
     if (event.event === "metric") {
       addTrain([data]);
       Object.assign(job.progress, { step: data.step, total_steps: data.total_steps ?? job.progress.total_steps, eta_seconds: data.eta_seconds });
       Object.assign(job.latest, { loss: data.loss, learning_rate: data.learning_rate });
       renderJob();
     } else if (event.event === "eval") {
-      charts.loss.addPoints(1, [{ x: data.step, y: data.eval_loss }]);
-      addRewards([], [data]);
-      logEvent(`eval at step ${data.step}: eval_loss ${formatNumber(data.eval_loss)}`);
+      charts.addEval([data]);
     } else if (event.event === "status") {
-      logEvent(`status ${data.status}${data.reason ? ` (${data.reason})` : ""}${data.error ? `: ${data.error.message}` : ""}`, data.error ? "error" : "info");
       job.status = data.status;
       renderJob();
       refreshJob().catch(() => {});
       if (TERMINAL.has(data.status)) refreshArtifacts().catch(() => {});
     } else if (event.event === "checkpoint") {
-      logEvent(`checkpoint saved at step ${data.step}`);
       refreshArtifacts().catch(() => {});
-    } else if (event.event === "warning") {
-      logEvent(data.message, "warning");
     }
   }
 
@@ -147,17 +159,46 @@ export function jobView(view, api, jobId, onUnauthorized) {
     while (!stop.disposed && job && !TERMINAL.has(job.status)) {
       try {
         for await (const event of api.events(jobId, lastEventId, controller.signal)) {
+          streamDown = false;
           if (event.id) lastEventId = event.id;
           onEvent(event);
         }
       } catch (err) {
         if (stop.disposed) return;
+        streamDown = true; // e.g. 429 at the tenant's FT_MAX_EVENT_STREAMS: the poll keeps the curve current
         onUnauthorized(err);
       }
-      if (!stop.disposed && !TERMINAL.has(job.status)) await new Promise((r) => setTimeout(r, 2000));
+      if (!stop.disposed && !TERMINAL.has(job.status)) await sleep(RETRY_MS);
       await refreshJob().catch(() => {});
     }
     liveBadge.hidden = true;
+  }
+
+  // What the stream does not say (queue position, a checkpoint's size, the curve while no stream is open).
+  async function poll() {
+    while (!stop.disposed && job && !TERMINAL.has(job.status)) {
+      await sleep(POLL_MS);
+      if (stop.disposed) return;
+      try {
+        await refreshJob();
+        await refreshArtifacts();
+        if (streamDown) await refreshCurve();
+      } catch (err) {
+        onUnauthorized(err);
+      }
+    }
+  }
+
+  async function showHistory() {
+    eventLog.replaceChildren(h("li", { class: "muted" }, "Reading the job's events…"));
+    let lines = 0;
+    for await (const event of api.events(jobId, null, controller.signal, { follow: false })) {
+      const line = describe(event);
+      if (line) logEvent(line.text, line.kind, eventTime(event.id));
+      lines += line ? 1 : 0;
+    }
+    if (!lines) eventLog.replaceChildren(h("li", { class: "muted" }, "No events are kept for this job."));
+    eventLog.dataset.history = String(lines);
   }
 
   cancelButton.addEventListener("click", async () => {
@@ -180,7 +221,7 @@ export function jobView(view, api, jobId, onUnauthorized) {
       message, errorSlot, progressSlot,
       h("div", { class: "stats" }, stat("ETA", "stat-eta"), stat("Loss", "stat-loss"), stat("Eval loss", "stat-eval"), stat("Learning rate", "stat-lr"),
         stat("Tokens / s", "stat-tps"), stat("Trainable / total params", "stat-params"), stat("Duration", "stat-duration")),
-      h("div", { class: "charts" }, loss.figure, lr.figure, tps.figure, rewards.figure),
+      charts.element,
       h("div", { class: "columns" },
         h("div", { class: "card" }, h("h2", {}, "Artifacts"), artifactList),
         h("div", { class: "card" }, h("h2", {}, "Events"), eventLog)),
@@ -191,15 +232,16 @@ export function jobView(view, api, jobId, onUnauthorized) {
     try {
       // The curve first, then the record: the events stream resumes after the curve's last event, so a status
       // change between the two requests is in the record (the worker commits before it publishes) and never lost.
-      const curve = await api.request("GET", `/jobs/${jobId}/metrics?max_points=2000`);
+      // On a return visit the curve may be a 304: the one kept from then, still current.
+      const curve = await api.getFresh(CURVE);
       lastEventId = curve.headers.get("X-Last-Event-ID");
       await refreshJob();
-      addTrain(curve.body.train);
-      charts.loss.setPoints(1, curve.body.eval.map((p) => ({ x: p.step, y: p.eval_loss })));
-      addRewards([], curve.body.eval);
+      showCurve(curve.body);
       await refreshArtifacts();
-      await follow();
+      if (TERMINAL.has(job.status)) await showHistory();
+      else await Promise.all([follow(), poll()]);
     } catch (err) {
+      if (stop.disposed) return;
       onUnauthorized(err);
       message.replaceChildren(errorBox(err));
     }
@@ -208,6 +250,6 @@ export function jobView(view, api, jobId, onUnauthorized) {
   return () => {
     stop.disposed = true;
     controller.abort();
-    Object.values(charts).forEach((c) => c.dispose());
+    charts.dispose();
   };
 }
