@@ -1,4 +1,4 @@
-"""Webhooks: a job's `webhook_url` hears when the job ends, signed with HMAC-SHA256 and retried with backoff.
+"""Webhooks: a job's `webhook_url` hears when the job ends, signed per Standard Webhooks and retried with backoff.
 
 Whoever ends a job (a worker, or the API cancelling a queued job) only adds the delivery to an outbox
 in Redis, which costs one round trip and never waits on the receiver. Redis is not a trust boundary, so an
@@ -10,16 +10,16 @@ Each API process sends what is due from a small pool (FT_WEBHOOK_SENDERS threads
 FT_WEBHOOK_SENDERS_PER_TENANT of them on one tenant's deliveries, so one tenant's slow receivers cannot hold
 another's). A delivery is leased atomically (replicas never send one twice at once), goes through the egress
 guard (app/core/egress.py: public addresses only, no redirects, FT_WEBHOOK_TIMEOUT_S over the whole call,
-FT_WEBHOOK_MAX_RESPONSE_BYTES of the answer read), is retried with exponential backoff on network errors, 408,
-425, 429 and 5xx, and dropped on other answers and on a refused address.
-Receivers check `X-FT-Signature: sha256=<hex>`, the HMAC of `<X-FT-Timestamp>.<body>` under the tenant's
-secret (POST /admin/tenants/{tenant}/webhook-secret), else FT_WEBHOOK_SECRET (see `verify_signature`).
+FT_WEBHOOK_MAX_RESPONSE_BYTES of the answer read), is retried with jittered exponential backoff on network
+errors, 408, 425, 429 and 5xx, and dropped on other answers and on a refused address.
+Each attempt is signed under the tenant's secret (POST /admin/tenants/{tenant}/webhook-secret), else
+FT_WEBHOOK_SECRET, per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), and with the
+deprecated `X-FT-Signature` for one release: see app/jobs/webhook_signatures.py.
 """
 
-import hashlib
-import hmac
 import json
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -34,12 +34,14 @@ from app.core import egress
 from app.core.config import settings
 from app.core.db import SessionLocal
 from app.jobs.schemas import JobPublic
+from app.jobs.webhook_signatures import sign, signature_headers, verify_signature  # noqa: F401 - sign, verify: moved
 from app.models import TERMINAL_STATUSES, Job, utcnow
 from app.tenants.secrets import WEBHOOK_SECRET, get_secret
 
 log = logging.getLogger(__name__)
 LEASE_S = 60  # a delivery claimed by a process that then died is retried after this long
 RETRYABLE = {408, 425, 429}
+MAX_BACKOFF_S = 600.0  # no retry waits longer than 10 minutes, however many came before it
 DELIVERIES = Counter("ft_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"])
 
 # Claim the due deliveries atomically: push their due time one lease ahead and return them.
@@ -48,20 +50,6 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return due
 """
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
-def verify_signature(secret: str, body: bytes, timestamp: str, signature: str, tolerance_s: float = 300) -> bool:
-    """What a receiver runs: the signature matches and the timestamp is recent (no replays)."""
-    try:
-        fresh = abs(time.time() - int(timestamp)) <= tolerance_s
-    except ValueError:
-        return False
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 def default_prefix() -> str:
@@ -165,22 +153,26 @@ def load_delivery(session: Session, delivery_id: str, record: dict[str, Any]) ->
 
 
 def backoff_s(attempt: int) -> float:
-    """Seconds before retry number `attempt` (1, 2, ...): doubling from FT_WEBHOOK_RETRY_BASE_S, capped at 10 min."""
-    return min(settings.webhook_retry_base_s * 2 ** (attempt - 1), 600.0)
+    """Seconds before retry number `attempt` (1, 2, ...): exponential backoff with "equal jitter".
+
+    The ceiling doubles from FT_WEBHOOK_RETRY_BASE_S up to 10 minutes; the delay is half of it plus a uniform
+    random share of the other half (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015). Jitter
+    keeps the deliveries one outage failed together from all coming back at the same instant (Standard
+    Webhooks asks for it too); keeping half the ceiling as a floor, unlike full jitter, never retries a
+    receiver that is down or answering 429 almost at once.
+    """
+    ceiling = min(settings.webhook_retry_base_s * 2 ** min(attempt - 1, 32), MAX_BACKOFF_S)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def _attempt(delivery: Delivery) -> tuple[str, str]:
     """POST once through the egress guard; returns (outcome, what happened): delivered, retry, drop or refused."""
-    timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "finetune-service-webhooks",
         "X-FT-Event": delivery.event,
-        "X-FT-Delivery": delivery.delivery_id,
-        "X-FT-Timestamp": timestamp,
+        **signature_headers(delivery.secret, delivery.delivery_id, delivery.body),
     }
-    if delivery.secret:
-        headers["X-FT-Signature"] = sign(delivery.secret, timestamp, delivery.body)
     try:
         reply = egress.post(
             delivery.url, delivery.body, headers, settings.webhook_timeout_s, settings.webhook_max_response_bytes

@@ -3,6 +3,7 @@
 A secret is shown once, when it is made or set; afterwards the API says only whether one is set and since when.
 """
 
+import base64
 import secrets as _random
 
 from sqlalchemy import select
@@ -43,5 +44,9 @@ def delete_secret(session: Session, tenant: str, kind: str) -> bool:
 
 
 def new_webhook_secret() -> str:
-    """A fresh signing secret, `whsec_` and 256 random bits (the Standard Webhooks prefix)."""
-    return f"whsec_{_random.token_urlsafe(32)}"
+    """A fresh Standard Webhooks signing secret: `whsec_` and the standard base64 of 32 random bytes.
+
+    Standard base64, not URL-safe: `standardwebhooks.Webhook(secret)` decodes it after the prefix, and would
+    silently drop a URL-safe `-` or `_`, so the receiver's key would not be ours.
+    """
+    return f"whsec_{base64.b64encode(_random.token_bytes(32)).decode()}"

@@ -1,30 +1,37 @@
-"""Webhook delivery against real HTTP receivers, a real Redis and migrated SQLite: signed per tenant, retried with
-backoff, never twice, read from SQL (not from Redis), and sent from a pool no one tenant can hold."""
+"""Webhook delivery against real HTTP receivers, a real Redis and migrated SQLite: signed per tenant (checked with
+the `standardwebhooks` library alone, as a receiver would), retried with jittered backoff, never twice, read from
+SQL (not from Redis), and sent from a pool no one tenant can hold."""
 
+import base64
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
 from alembic import command
 from alembic.config import Config
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.core.config import settings
 from app.core.db import SessionLocal
 from app.jobs.webhook_senders import WebhookDeliverer
+from app.jobs.webhook_signatures import signing_key, standard_signature
 from app.jobs.webhooks import Outbox, backoff_s, deliver_due, notify_job_finished, sign, verify_signature
 from app.models import Job, utcnow
-from app.tenants.secrets import WEBHOOK_SECRET, set_secret
-from tests.webhook_receiver import WebhookReceiver
+from app.tenants.secrets import WEBHOOK_SECRET, new_webhook_secret, set_secret
+from tests.webhook_receiver import Received, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
-SECRET = "unit-test-secret"
+SECRET = "unit-test-secret"  # FT_WEBHOOK_SECRET chosen by hand: not a whsec_ secret
+# What its receivers give the library: Standard Webhooks secrets are base64, and the key is the string's bytes.
+SECRET_FOR_RECEIVERS = base64.b64encode(SECRET.encode()).decode()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,6 +73,11 @@ def queue(outbox: Outbox, url: str, status: str = "succeeded", tenant: str | Non
     return job_id, delivery
 
 
+def verified(secret: str, received: Received) -> dict:
+    """What a receiver does with nothing but the `standardwebhooks` package; raises if the webhook is not ours."""
+    return Webhook(secret).verify(received.body, received.headers)
+
+
 def _deliver_until_idle(outbox: Outbox, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while outbox.pending() and time.monotonic() < deadline:
@@ -94,14 +106,64 @@ def test_a_delivery_is_signed_and_retried_with_backoff_until_it_lands(outbox: Ou
     assert last.json()["event"] == "job.succeeded" and last.json()["id"] == delivery
     assert last.json()["job"]["id"] == job_id and last.json()["job"]["status"] == "succeeded"
     assert last.headers["x-ft-event"] == "job.succeeded"
+    assert [r.headers["webhook-id"] for r in receiver.received] == [delivery] * 3, "one id across retries"
+    assert verified(SECRET_FOR_RECEIVERS, last)["job"]["id"] == job_id, "the fallback secret, by the library alone"
+    assert Webhook(SECRET.encode()).verify(last.body, last.headers) == last.json(), "or the key's bytes, in Python"
+    # The deprecated scheme is still sent for one release, with the same timestamp.
+    assert last.headers["x-ft-timestamp"] == last.headers["webhook-timestamp"]
     assert verify_signature(SECRET, last.body, last.headers["x-ft-timestamp"], last.headers["x-ft-signature"])
     assert outbox.pending() == 0
 
 
-def test_backoff_doubles_and_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_whsec_fallback_secret_verifies_as_given_and_a_tampered_or_replayed_webhook_does_not(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fallback = new_webhook_secret()
+    monkeypatch.setattr(settings, "webhook_secret", fallback)
+    with WebhookReceiver() as receiver:
+        job_id, delivery = queue(outbox, receiver.url)
+        _deliver_until_idle(outbox)
+    (got,) = receiver.received
+    assert got.headers["webhook-signature"].startswith("v1,") and got.headers["webhook-id"] == delivery
+    assert verified(fallback, got)["job"]["id"] == job_id
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        Webhook(fallback).verify(got.body.replace(b"succeeded", b"SUCCEEDED"), got.headers)
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        verified(new_webhook_secret(), got)
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        Webhook(fallback).verify(got.body, {**got.headers, "webhook-id": "whd_other"})
+    # A captured request replayed later: a correct signature over an old timestamp is still refused.
+    old = str(int(time.time()) - 3600)
+    replayed = {**got.headers, "webhook-timestamp": old}
+    replayed["webhook-signature"] = standard_signature(fallback, delivery, old, got.body)
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(fallback).verify(got.body, replayed)
+
+
+def test_our_signature_is_the_librarys_for_every_kind_of_secret() -> None:
+    body, msg_id, now = b'{"event": "job.failed"}', "whd_0123", int(time.time())
+    for secret in (new_webhook_secret(), new_webhook_secret(), "whsec_" + base64.b64encode(b"k" * 24).decode()):
+        ours = standard_signature(secret, msg_id, str(now), body)
+        assert ours == Webhook(secret).sign(msg_id, datetime.fromtimestamp(now, UTC), body)
+        assert len(signing_key(secret)) in (24, 32), "the whsec_ secret's decoded bytes are the key"
+    # Anything else, a hand-picked FT_WEBHOOK_SECRET or a URL-safe secret made before: its UTF-8 bytes.
+    for secret in ("unit-test-secret", "whsec_tenant_a", "whsec_ab-d_fgh"):
+        assert signing_key(secret) == secret.encode()
+        library = Webhook(base64.b64encode(secret.encode()).decode())
+        assert standard_signature(secret, msg_id, str(now), body) == library.sign(
+            msg_id, datetime.fromtimestamp(now, UTC), body
+        )
+
+
+def test_backoff_is_jittered_within_its_doubling_bounds_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "webhook_retry_base_s", 2.0)
-    assert [backoff_s(n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
-    assert backoff_s(30) == 600.0
+    for attempt, ceiling in ((1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (30, 600.0), (10_000, 600.0)):
+        delays = [backoff_s(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), f"retry {attempt}: equal jitter in [c/2, c]"
+        assert len(set(delays)) > 150, f"retry {attempt}: the delays are random, not one schedule for all"
+        assert max(delays) - min(delays) > ceiling / 4, "spread over the jitter's half of the ceiling"
+    one_delivery = [backoff_s(n) for n in range(1, 8)]
+    assert len(set(one_delivery)) == len(one_delivery), "each retry waits differently"
 
 
 def test_a_retry_waits_for_its_backoff(outbox: Outbox) -> None:
@@ -177,8 +239,9 @@ def test_a_forged_outbox_record_cannot_redirect_or_invent_a_delivery(outbox: Out
 
 def test_each_tenant_signs_with_its_own_secret_and_others_with_the_fallback(outbox: Outbox) -> None:
     tenant_a, tenant_b = f"a-{secrets.token_hex(4)}", f"b-{secrets.token_hex(4)}"
+    secret_a = new_webhook_secret()
     with SessionLocal() as session:
-        set_secret(session, tenant_a, WEBHOOK_SECRET, "whsec_tenant_a")
+        set_secret(session, tenant_a, WEBHOOK_SECRET, secret_a)
         session.commit()
     with WebhookReceiver() as receiver:
         queue(outbox, receiver.url, tenant=tenant_a)
@@ -186,10 +249,15 @@ def test_each_tenant_signs_with_its_own_secret_and_others_with_the_fallback(outb
         _deliver_until_idle(outbox)
     by_tenant = {r.json()["job"]["tenant"]: r for r in receiver.received}
     a, b = by_tenant[tenant_a], by_tenant[tenant_b]
-    assert verify_signature("whsec_tenant_a", a.body, a.headers["x-ft-timestamp"], a.headers["x-ft-signature"])
+    assert verified(secret_a, a)["job"]["tenant"] == tenant_a, "the tenant's secret, as the admin API showed it"
+    with pytest.raises(WebhookVerificationError):
+        verified(SECRET_FOR_RECEIVERS, a)
+    assert verified(SECRET_FOR_RECEIVERS, b)["job"]["tenant"] == tenant_b
+    with pytest.raises(WebhookVerificationError):
+        verified(secret_a, b)
+    assert verify_signature(secret_a, a.body, a.headers["x-ft-timestamp"], a.headers["x-ft-signature"])
     assert not verify_signature(SECRET, a.body, a.headers["x-ft-timestamp"], a.headers["x-ft-signature"])
     assert verify_signature(SECRET, b.body, b.headers["x-ft-timestamp"], b.headers["x-ft-signature"])
-    assert not verify_signature("whsec_tenant_a", b.body, b.headers["x-ft-timestamp"], b.headers["x-ft-signature"])
 
 
 def test_a_trickling_receiver_is_cut_at_the_deadline_and_does_not_delay_another_tenant(

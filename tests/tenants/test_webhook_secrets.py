@@ -1,6 +1,9 @@
 """The admin routes for a tenant's webhook signing secret: made and rotated by an admin, shown once, then only
-whether one is set and since when; and the secret shown is the one the tenant's webhooks are signed with."""
+whether one is set and since when; and the secret shown is the one the tenant's webhooks are signed with, as a
+receiver holding it checks with the `standardwebhooks` library alone."""
 
+import base64
+import binascii
 import os
 import secrets
 from collections.abc import Iterator
@@ -11,6 +14,7 @@ import redis
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.core.config import settings
 from app.core.db import SessionLocal
@@ -18,7 +22,8 @@ from app.jobs.webhooks import Outbox, deliver_due, notify_job_finished, verify_s
 from app.main import create_app
 from app.models import Job, utcnow
 from app.tenants.auth import create_key
-from tests.webhook_receiver import WebhookReceiver
+from app.tenants.secrets import new_webhook_secret
+from tests.webhook_receiver import Received, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -47,8 +52,8 @@ def admin() -> Iterator[TestClient]:
         yield c
 
 
-def signed_delivery(tenant: str, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, str, str]:
-    """Send one real webhook of a finished job of the tenant; returns its body, timestamp and signature."""
+def signed_delivery(tenant: str, monkeypatch: pytest.MonkeyPatch) -> Received:
+    """Send one real webhook of a finished job of the tenant; returns what its receiver got."""
     monkeypatch.setattr(settings, "egress_allow", "127.0.0.0/8")
     outbox = Outbox(redis.Redis.from_url(REDIS_URL, decode_responses=True), prefix=f"ft:test-wh:{secrets.token_hex(4)}")
     with WebhookReceiver() as receiver:
@@ -62,7 +67,24 @@ def signed_delivery(tenant: str, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes
     for key in outbox.client.scan_iter(f"{outbox.prefix}:*"):
         outbox.client.delete(key)
     (got,) = receiver.received
-    return got.body, got.headers["x-ft-timestamp"], got.headers["x-ft-signature"]
+    return got
+
+
+def legacy_ok(secret: str, got: Received) -> bool:
+    """The deprecated X-FT-Signature, still sent for one release."""
+    return verify_signature(secret, got.body, got.headers["x-ft-timestamp"], got.headers["x-ft-signature"])
+
+
+def test_a_new_secret_is_a_standard_webhooks_secret() -> None:
+    made = {new_webhook_secret() for _ in range(50)}
+    assert len(made) == 50
+    for secret in made:
+        assert secret.startswith("whsec_")
+        try:  # standard base64 (not URL-safe), which standardwebhooks decodes after the prefix: 256 random bits
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error as exc:
+            raise AssertionError(f"{secret} is not whsec_ + standard base64") from exc
+        assert len(key) == 32
 
 
 def test_a_secret_is_shown_once_rotated_and_removed(
@@ -80,14 +102,20 @@ def test_a_secret_is_shown_once_rotated_and_removed(
 
     rotated = admin.post(path).json()
     assert rotated["secret"] != made.json()["secret"]
-    body, timestamp, signature = signed_delivery(tenant, monkeypatch)
-    assert verify_signature(rotated["secret"], body, timestamp, signature), "signed with the secret just shown"
-    assert not verify_signature(made.json()["secret"], body, timestamp, signature), "the old one stopped at once"
+    got = signed_delivery(tenant, monkeypatch)
+    assert Webhook(rotated["secret"]).verify(got.body, got.headers)["event"] == "job.succeeded", "the secret shown"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(made.json()["secret"]).verify(got.body, got.headers)  # the old one stopped at once
+    assert legacy_ok(rotated["secret"], got) and not legacy_ok(made.json()["secret"], got)
 
     removed = admin.delete(path)
     assert removed.status_code == 200 and removed.json()["is_set"] is False
-    body, timestamp, signature = signed_delivery(tenant, monkeypatch)
-    assert verify_signature("the-fallback", body, timestamp, signature), "back to FT_WEBHOOK_SECRET"
+    got = signed_delivery(tenant, monkeypatch)
+    fallback_for_receivers = base64.b64encode(b"the-fallback").decode()  # not whsec_: its bytes are the key
+    assert Webhook(fallback_for_receivers).verify(got.body, got.headers)["event"] == "job.succeeded"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(rotated["secret"]).verify(got.body, got.headers)
+    assert legacy_ok("the-fallback", got), "back to FT_WEBHOOK_SECRET"
     again = admin.delete(path)
     assert again.status_code == 404 and "POST /admin/tenants/" in again.json()["detail"]
 
