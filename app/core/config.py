@@ -134,8 +134,9 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(1, description="1: a fresh process per job frees GPU memory.")
     webhook_secret: str | None = Field(
         None,
-        description="Signs webhooks of tenants without a secret of their own (X-FT-Signature, HMAC-SHA256); "
-        "unset: those are sent unsigned. Per-tenant secrets: POST /admin/tenants/{tenant}/webhook-secret.",
+        description="Signs webhooks of tenants without a secret of their own (Standard Webhooks webhook-signature; "
+        "the deprecated X-FT-Signature too); unset: those are sent unsigned. Per-tenant secrets: "
+        "POST /admin/tenants/{tenant}/webhook-secret.",
     )
     webhook_max_response_bytes: int = Field(
         64 * 1024, ge=0, description="Most of a webhook receiver's response body read; the rest is dropped."
