@@ -65,7 +65,9 @@ class KeysPublic(BaseModel):
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "ci", "tenant": "research", "is_admin": False}]}
+        extra="forbid",
+        strict=True,  # `"is_admin": 0` is a schema violation, not a False (schemathesis ST201)
+        json_schema_extra={"examples": [{"name": "ci", "tenant": "research", "is_admin": False}]},
     )
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="A label.")

@@ -264,7 +264,10 @@ LIMITED = {
         "description": "A rate limit or quota; `Retry-After` says when to try again, if waiting helps.",
         "headers": {
             "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}},
-            **{h: {"description": d, "schema": {"type": "integer"}} for h, d in _FIGURE_HEADERS.items()},
+            **{
+                h: {"description": d, "schema": {"type": "string" if h == "RateLimit-Policy" else "integer"}}
+                for h, d in _FIGURE_HEADERS.items()
+            },
         },
     }
 }
