@@ -4,14 +4,11 @@ pages that load nothing from another origin (in-process: migrated SQLite, a real
 import re
 import secrets
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
@@ -21,6 +18,7 @@ from app.core.db import SessionLocal
 from app.main import create_app
 from app.tenants.auth import create_key
 from app.web import STATIC_DIR
+from tests.inprocess_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("/", "/docs", "/redoc")
@@ -40,33 +38,13 @@ def key() -> str:
     return key
 
 
-@contextmanager
-def uvicorn_port() -> Iterator[int]:
-    """The app behind a real uvicorn on a free loopback port, in a thread."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def answer_to_a_body_never_sent(port: int, path: str, content_type: str, authorization: str | None) -> bytes:
+def answer_to_a_body_never_sent(base_url: str, path: str, content_type: str, authorization: str | None) -> bytes:
     """Send headers declaring a HUGE body and only its first bytes; return what the server answers meanwhile."""
     head = f"POST {path} HTTP/1.1\r\nHost: api\r\nContent-Type: {content_type}\r\nContent-Length: {HUGE}\r\n"
     if authorization:
         head += f"Authorization: {authorization}\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
+    with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(head.encode() + b"\r\n" + b"--b\r\nContent-Disposition: form-data")
         try:
             return sock.recv(65536)
@@ -76,13 +54,13 @@ def answer_to_a_body_never_sent(port: int, path: str, content_type: str, authori
 
 def test_a_body_without_a_valid_key_is_refused_before_it_is_read() -> None:
     multipart = "multipart/form-data; boundary=b"
-    with uvicorn_port() as port:
+    with serving() as base_url:
         for authorization in (None, "Bearer ft_000000000000_not-a-key", "Basic dXNlcjpwYXNz"):
             started = time.monotonic()
-            answer = answer_to_a_body_never_sent(port, "/datasets", multipart, authorization)
+            answer = answer_to_a_body_never_sent(base_url, "/datasets", multipart, authorization)
             assert answer.startswith(b"HTTP/1.1 401"), (authorization, answer[:200])
             assert time.monotonic() - started < 3 and b"www-authenticate: Bearer" in answer, answer[:300]
-        openai = answer_to_a_body_never_sent(port, "/v1/files", multipart, None)
+        openai = answer_to_a_body_never_sent(base_url, "/v1/files", multipart, None)
         assert openai.startswith(b"HTTP/1.1 401") and b"invalid_api_key" in openai, openai[:300]
 
 
