@@ -1,6 +1,7 @@
 """Test-wide setup: a throwaway FT_DATA_DIR for in-process code, and one tiny local model for everything."""
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,14 @@ os.environ["FT_DATA_DIR"] = str(SESSION_DIR / "in-process")
 os.environ["FT_MODELS_DIR"] = str(MODELS_DIR)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# In-process tests queue real Celery messages: they go to Redis db 7 under this session's own queue names, never
+# into the `training` queue of db 0 that `make demo`'s worker reads (it would wade through them first), and are
+# deleted when the session ends.
+TEST_REDIS_URL = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+_QUEUE_SUFFIX = secrets.token_hex(4)
+os.environ["FT_REDIS_URL"] = TEST_REDIS_URL
+os.environ["FT_TRAINING_QUEUE"] = f"training-inproc-{_QUEUE_SUFFIX}"
+os.environ["FT_INFERENCE_QUEUE"] = f"inference-inproc-{_QUEUE_SUFFIX}"
 
 TINY_MODEL = "tiny-llama"
 TINY_QWEN = "tiny-qwen"
@@ -50,6 +59,19 @@ def tiny_base() -> Path:
     if not (path / "config.json").exists():
         make_tiny_model(path, chat_template=None)
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete what this session queued (Celery keeps one list per priority: `<queue>`, `<queue>\\x06\\x169`, ...)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        for key in client.scan_iter(match=f"*-inproc-{_QUEUE_SUFFIX}*", count=1000):
+            client.delete(key)
+        client.close()
+    except redis.RedisError:
+        pass  # Redis gone already: nothing of ours is left to read either
 
 
 @pytest.fixture(scope="session")
