@@ -19,13 +19,13 @@ from app.jobs import endpoints as jobs
 from app.jobs.reconciler import reconciler
 from app.jobs.retention import retention_sweeper
 from app.jobs.webhook_senders import WebhookDeliverer
-from app.observability import health, metrics
+from app.observability import health, logs, metrics, request_ids, tracing
 from app.observability import stream as events
 from app.observability.prometheus import install_observability
 from app.openai import endpoints as openai_compat
 from app.serving import endpoints as serving
 from app.tenants import endpoints as admin
-from app.tenants import usage
+from app.tenants import secret_box, usage
 from app.tenants.auth import authenticate
 from app.tenants.limits import RateLimitHeaders
 from app.web import mount_dashboard
@@ -35,6 +35,7 @@ from app.web.docs import mount_docs
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     make_session = app.state.sessionmaker
+    secret_box.check_key()  # a bad FT_SECRETS_KEY stops the API here; unset, the key file's warning is logged
     loops: list[PeriodicLoop] = [WebhookDeliverer()]  # sends what finished jobs queued for their webhook_url
     if settings.reconcile_every_seconds > 0:  # lost jobs re-sent, dead leases ended, dead exports/evaluations failed
         loops += [
@@ -51,7 +52,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    logs.configure_logging("api")  # FT_LOG_FORMAT, FT_LOG_LEVEL; every logger, uvicorn's too
+    tracing.configure("finetune-api")  # only when OTEL_* asks for traces; else nothing of the SDK is imported
     app = FastAPI(
+        telemetry=tracing.fastapi_telemetry(),  # FastAPI's own request spans, on exactly when tracing is
         lifespan=lifespan,
         title="finetune-service",
         version="0.1.0",
@@ -83,6 +87,8 @@ def create_app() -> FastAPI:
     mount_dashboard(app)  # the web dashboard at /
     mount_docs(app)  # /docs and /redoc, their scripts from an installed package
     install_security(app, check_key=authenticate)  # headers, body limits, key before body; errors in the schema
+    app.add_middleware(request_ids.RequestIds)  # outermost: X-Request-ID on every answer, the ids on every line
+    request_ids.carry_request_ids()  # ... and in the header of every task message sent
     return app
 
 

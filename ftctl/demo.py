@@ -41,7 +41,8 @@ def _verify_adapter(archive: bytes, out_dir: Path, base_dir: Path) -> str:
 
 def run_demo(steps: int = 30, keep_running: bool = False) -> int:
     data_dir = settings.data_dir.resolve()
-    env = {**os.environ, "FT_DATA_DIR": str(data_dir)}
+    # Logs a person reads (var/logs/*.log), not JSON for a pipeline; FT_LOG_FORMAT=json keeps JSON.
+    env = {"FT_LOG_FORMAT": "console", **os.environ, "FT_DATA_DIR": str(data_dir)}
     stack = LocalStack(env=env, log_dir=data_dir / "logs")
     print(f"▶ starting the service (data in {data_dir}, logs in {stack.log_dir})")
     stack.start(api=False, worker=False, inference=True)

@@ -9,3 +9,7 @@ PREDICT_TASK = "finetune.predict"
 EXPORT_TASK = "finetune.export"
 EVALUATE_TASK = "finetune.evaluate"
 SERVE_TASK = "finetune.serve"  # wakes the embedded serving backend: it drains app/broker/serving.py's queue
+
+# A message header, not an argument: the request id of the API call that led to the task (X-Request-ID), so the
+# worker's log lines can be found by it too. Set by app/observability/request_ids.py; untrusted on the way in.
+REQUEST_ID_HEADER = "ft_request_id"

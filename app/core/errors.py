@@ -81,6 +81,9 @@ def _location(loc: tuple[Any, ...]) -> str:
     # Drop pydantic's discriminator tag after `format` (`format.template.template` -> `format.template`).
     if len(parts) > 1 and parts[0] == "format" and parts[1] in FORMAT_TYPES:
         del parts[1]
+    # And after an integration's index (`integrations.0.mlflow.mlflow.tracking_uri` -> `integrations.0.mlflow...`).
+    if len(parts) > 3 and parts[0] == "integrations" and parts[2] == parts[3]:
+        del parts[2]
     return ".".join(parts) or "body"
 
 
@@ -171,6 +174,9 @@ def problem_response(
     """An RFC 9457 problem: the standard members first, then the error's own fields (which cannot replace them)."""
     kind, title = problem_type(status)
     core = {"type": kind, "title": title, "status": status, "detail": detail, "instance": request.url.path}
+    request_id = request.scope.get("state", {}).get("request_id")  # app/observability/request_ids.py
+    if request_id:
+        core["request_id"] = request_id  # what to quote when asking about this error: the logs have it too
     body = {**core, **{k: v for k, v in (extra or {}).items() if k not in core}}
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
@@ -223,5 +229,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette still re-raises the exception after this answer, so it is logged with its traceback.
-        return error_response(request, 500, "an internal error; it was logged: try again, and report it if it persists")
+        # Starlette still re-raises the exception after this answer, so it is logged with its traceback. The answer
+        # leaves outside every middleware: the request id header is added here.
+        request_id = request.scope.get("state", {}).get("request_id")
+        detail = "an internal error; it was logged: try again, and report it if it persists"
+        return error_response(request, 500, detail, {"X-Request-ID": request_id} if request_id else None)

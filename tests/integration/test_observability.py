@@ -1,8 +1,10 @@
-"""Long curves served fast, Prometheus scraping, and the webhook of a job cancelled while queued.
+"""Long curves served fast, Prometheus scraping, the webhook of a job cancelled while queued, and one job's log
+lines found by its id in the API's and the worker's logs.
 
 These need rows no short test run makes (100,000 points), so they are written straight into the stack's database.
 """
 
+import json
 import math
 import os
 import time
@@ -160,3 +162,45 @@ def test_cancelling_a_queued_job_sends_its_webhook(stack: Stack) -> None:
     hook = receiver.received[0]
     assert hook.json()["event"] == "job.cancelled" and hook.json()["job"]["id"] == job_id
     assert verify_signature(WEBHOOK_SECRET, hook.body, hook.headers["x-ft-timestamp"], hook.headers["x-ft-signature"])
+
+
+def json_lines(path: Path) -> list[dict]:
+    """A process's log as the records it wrote: its JSON lines, parsed (Celery's banner and the like are not JSON)."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def test_one_jobs_lines_are_found_by_its_id_in_the_api_and_the_worker_logs(stack: Stack, tiny_model: Path) -> None:
+    rows = "\n".join(json.dumps({"text": f"the quick brown fox {i}"}) for i in range(8)).encode()
+    dataset = stack.upload("fox.jsonl", rows)
+    spec = {
+        "base_model": "tiny-llama",
+        "dataset": dataset["id"],
+        "format": {"type": "text", "field": "text"},
+        "quantization": None,
+        "training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 32, "optimizer": "adamw_torch"},
+    }
+    request_id = f"it-{os.getpid()}-{time.monotonic_ns()}"
+    submitted = stack.client.post("/jobs", json=spec, headers={"X-Request-ID": request_id})
+    assert submitted.status_code == 201 and submitted.headers["x-request-id"] == request_id, submitted.text
+    job_id = submitted.json()["id"]
+    assert stack.wait(job_id)["status"] == "succeeded"
+    time.sleep(0.5)  # the worker's last lines (Celery's "succeeded") follow the record by a moment
+
+    api = [r for r in json_lines(stack.local.log_dir / "api.log") if r["job_id"] == job_id]
+    worker = [r for r in json_lines(stack.local.log_dir / "worker.log") if r["job_id"] == job_id]
+    posted = [r for r in api if r["request_id"] == request_id]
+    assert {r["logger"] for r in posted} >= {"app.access", "app.broker.queue"}, posted
+    assert all(r["tenant"] == "tests" and r["service"] == "api" for r in posted)
+    assert [r["status"] for r in api if r["logger"] == "app.access" and r["method"] == "GET"], "the polls, by path"
+
+    assert worker and all(r["request_id"] == request_id and r["service"] == "worker" for r in worker), worker
+    attempt = [r for r in worker if r["attempt"] is not None]
+    assert attempt and all((r["tenant"], r["attempt"]) == ("tests", 1) for r in attempt)
+    messages = [r["message"] for r in worker]
+    assert any(m.startswith("step 2/2 loss") for m in messages), messages  # the progress line, with the ids
+    assert f"job {job_id}: succeeded" in messages
+    assert any(r["logger"] == "celery.app.trace" and "succeeded" in r["message"] for r in worker), "Celery's own"
