@@ -9,6 +9,7 @@ from sqlalchemy import select
 from ftctl.api import EXIT_CODES
 from ftctl.datasets import datasets
 from ftctl.jobs import jobs
+from ftctl.secrets import secrets
 
 app = typer.Typer(
     help="finetune-service control: datasets and jobs through the API (FT_API_URL, FT_API_KEY); API keys and "
@@ -22,6 +23,7 @@ app.add_typer(keys, name="keys")
 app.add_typer(models, name="models")
 app.add_typer(datasets, name="datasets")  # talks to the API over HTTP
 app.add_typer(jobs, name="jobs")  # talks to the API over HTTP
+app.add_typer(secrets, name="secrets")  # on this host's database, like `keys`
 
 
 def _print_version(value: bool) -> None:

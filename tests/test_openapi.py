@@ -25,7 +25,7 @@ from app.serving.schemas import ChatCompletionCreate, CompletionCreate
 from app.spec.job import JobSpec
 from app.tenants.auth import CallerDep
 from app.tenants.endpoints import KeyCreate
-from app.tenants.schemas import HubTokenSet
+from app.tenants.schemas import HubTokenSet, SecretSet
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = {"/healthz", "/readyz"}
@@ -43,6 +43,7 @@ BODY_MODELS: dict[str, type[BaseModel]] = {
         CompletionCreate,
         KeyCreate,
         HubTokenSet,
+        SecretSet,
     )
 }
 

@@ -9,6 +9,7 @@ from app.checks import estimate as estimate_service
 from app.checks.classification import check_classification
 from app.checks.data import DataSource, Problem, ValidationReport, check_data
 from app.checks.init_from import check_init_from
+from app.checks.integrations import check_integrations
 from app.checks.tokenization import ModelTokenizer, load_tokenizer
 from app.core.config import settings
 from app.core.errors import DomainError, Invalid, NotFound
@@ -121,6 +122,7 @@ def check_job_spec(session: Session, caller: Caller, spec: JobSpec) -> Validatio
     access = access_for(session, caller.tenant)  # the tenant's allow-lists and Hub token, never HF_TOKEN
     _check_base_model(spec.base_model, caller.tenant, report)
     check_init_from(session, caller, spec, report)
+    check_integrations(session, caller.tenant, spec, report)  # each tracker has the tenant's secrets it needs
     train = _source(session, caller, "dataset", spec.dataset, report, access)
     evals = None
     if spec.validation_dataset is not None:

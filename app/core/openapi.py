@@ -68,6 +68,9 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/admin/tenants/{tenant}/hub-token"): "admin-hub-token-get",
     ("PUT", "/admin/tenants/{tenant}/hub-token"): "admin-hub-token-set",
     ("DELETE", "/admin/tenants/{tenant}/hub-token"): "admin-hub-token-delete",
+    ("GET", "/admin/tenants/{tenant}/secrets"): "admin-secrets-list",
+    ("PUT", "/admin/tenants/{tenant}/secrets/{name}"): "admin-secrets-set",
+    ("DELETE", "/admin/tenants/{tenant}/secrets/{name}"): "admin-secrets-delete",
     ("GET", "/metrics"): "observability-metrics-get",
 }
 OPERATION_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
@@ -123,7 +126,7 @@ TAGS: list[dict[str, str]] = [
         "name": "limits",
         "description": "The caller's tenant: its quotas, bounds and rate limits (FT_TENANT_LIMITS), and its use now.",
     },
-    {"name": "admin", "description": "Admin keys only: API keys, tenants, their webhook secrets and Hub tokens."},
+    {"name": "admin", "description": "Admin keys only: API keys, tenants, their secrets (webhook, Hub, trackers)."},
     {"name": "observability", "description": "Prometheus metrics, scraped with an API key."},
     {"name": "health", "description": "Liveness and readiness probes; no key needed."},
 ]

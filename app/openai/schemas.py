@@ -101,7 +101,12 @@ class FineTuningJobCreate(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Training seed (default: the spec's, 42).")
     metadata: Metadata | None = Field(None, description="Labels; `ft.`-prefixed keys also set job spec fields.")
-    integrations: list[dict[str, Any]] | None = Field(None, description="Not supported: must be empty.")
+    integrations: list[dict[str, Any]] | None = Field(
+        None,
+        description='Experiment trackers: `{"type": "wandb", "wandb": {"project", "name", "entity", "tags"}}` as '
+        'OpenAI takes it, and `{"type": "mlflow", "mlflow": {"tracking_uri", "experiment"}}`; credentials are the '
+        "tenant's secrets (docs/trackers.md).",
+    )
     spec_overrides: dict[str, Any] | None = Field(
         None, description="A partial job spec (as for POST /jobs) merged over the mapped one, e.g. `{lora: {r: 8}}`."
     )

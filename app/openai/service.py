@@ -23,7 +23,14 @@ from app.openai.schemas import (
     JobHyperparameters,
     ListObject,
 )
-from app.openai.spec import REQUEST_FIELDS, base_learning_rate, build_spec, invalid, job_hyperparameters
+from app.openai.spec import (
+    REQUEST_FIELDS,
+    base_learning_rate,
+    build_spec,
+    integrations_object,
+    invalid,
+    job_hyperparameters,
+)
 from app.serving.names import fine_tuned_model_name, split_fine_tuned
 from app.spec.job import Training
 from app.tenants.auth import Caller
@@ -222,6 +229,7 @@ def job_object(job: Job, tokens: dict[str, int] | None = None) -> FineTuningJobO
         seed=(spec.get("training") or {}).get("seed", Training.model_fields["seed"].default),
         trained_tokens=(tokens or {}).get(job.id),
         error=error,
+        integrations=integrations_object(spec),
         metadata=spec.get("metadata"),
         user_provided_suffix=job.name,
     )

@@ -156,8 +156,6 @@ def build_spec(
 
     `parent`: (base model, job id, checkpoint step) when `model` names a fine-tuned model: the job continues from it.
     """
-    if request.integrations:
-        raise invalid("integrations are not supported by this service; leave them out", "integrations")
     overrides = _overrides(request)
     mapped: dict[str, Any] = {
         "name": request.suffix,
@@ -168,6 +166,8 @@ def build_spec(
         "training": _training_fields(request, base_learning_rate(defaults)),
         "metadata": request.metadata,
     }
+    if request.integrations:  # OpenAI's shape is the spec's: `{"type": "wandb", "wandb": {...}}`, and mlflow
+        mapped["integrations"] = request.integrations
     if parent is not None:
         mapped["init_from"] = {"job": parent[1], "checkpoint_step": parent[2]}
     if "format" not in overrides:
@@ -178,7 +178,14 @@ def build_spec(
     except ValidationError as exc:
         summary, problems = validation_detail(list(exc.errors()))
         field = problems[0]["field"] if problems else None
+        if field and field.startswith("integrations"):
+            field = "integrations"  # OpenAI's `param` names the request field; the message says which part
         raise invalid(summary, REQUEST_FIELDS.get(field or "", field)) from None
+
+
+def integrations_object(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A job's trackers as OpenAI's job object lists them (the spec's own shape), or None: it has none."""
+    return spec.get("integrations") or None
 
 
 def job_hyperparameters(spec: dict[str, Any], base_lr: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Routes for admin keys (/admin: API keys, every tenant's usage, its webhook secret) and each tenant's /limits."""
+"""Routes for admin keys (/admin: API keys, every tenant's usage, its secrets) and each tenant's /limits."""
 
 from dataclasses import asdict
 from typing import Annotated
@@ -13,9 +13,17 @@ from app.core.errors import Forbidden
 from app.core.schemas import UtcDatetime
 from app.models import ApiKey
 from app.tenants import limits
+from app.tenants import secrets as tenant_secrets
 from app.tenants import service as admin_service
 from app.tenants.auth import Caller, CallerDep
-from app.tenants.schemas import HubTokenSet, SecretCreated, SecretStatus
+from app.tenants.schemas import (
+    HubTokenSet,
+    SecretCreated,
+    SecretPublic,
+    SecretSet,
+    SecretsPublic,
+    SecretStatus,
+)
 from app.tenants.secrets import HUB_TOKEN, WEBHOOK_SECRET
 
 
@@ -29,6 +37,9 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 limits_router = APIRouter(tags=["limits"])
 TenantQuery = Annotated[str | None, Query(max_length=200, description="Only this tenant's.")]
 TenantPath = Annotated[str, Path(max_length=100, description="The tenant (the team its keys act for).")]
+SecretName = Annotated[
+    str, Path(max_length=40, description=f"One of: {', '.join(tenant_secrets.NAMES)} (docs/security.md).")
+]
 
 
 class KeyPublic(BaseModel):
@@ -186,3 +197,26 @@ def delete_hub_token(tenant: TenantPath, session: SessionDep) -> SecretStatus:
     """Remove the tenant's Hub token: it then reads public repos only."""
     admin_service.remove_hub_token(session, tenant)
     return SecretStatus.of(tenant, HUB_TOKEN, None)
+
+
+@router.get("/tenants/{tenant}/secrets", response_model=SecretsPublic)
+def list_secrets(tenant: TenantPath, session: SessionDep) -> SecretsPublic:
+    """The tenant's secrets that are set, with when each was set: never their values."""
+    found = tenant_secrets.secrets_set(session, tenant)
+    return SecretsPublic(data=[SecretPublic(tenant=tenant, name=n, set_at=at) for n, at in found.items()])
+
+
+@router.put("/tenants/{tenant}/secrets/{name}", response_model=SecretPublic)
+def put_secret(tenant: TenantPath, name: SecretName, body: SecretSet, session: SessionDep) -> SecretPublic:
+    """Set or rotate (the old value stops at once) one of the tenant's secrets; stored encrypted, never shown again.
+
+    Jobs read tracker credentials when they start: a running job keeps the value it started with."""
+    set_at = tenant_secrets.put_named_secret(session, tenant, name, body.value)
+    return SecretPublic(tenant=tenant, name=name, set_at=set_at)
+
+
+@router.delete("/tenants/{tenant}/secrets/{name}", status_code=204)
+def delete_secret(tenant: TenantPath, name: SecretName, session: SessionDep) -> Response:
+    """Remove one of the tenant's secrets (404 when it is not set)."""
+    tenant_secrets.delete_named_secret(session, tenant, name)
+    return Response(status_code=204)

@@ -39,3 +39,30 @@ class HubTokenSet(BaseModel):
         pattern=r"^[A-Za-z0-9_\-.]+$",
         description="A Hugging Face access token (`hf_...`), read scope for the repos the tenant trains on.",
     )
+
+
+class SecretSet(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"value": "0123456789abcdef0123456789abcdef01234567"}]}
+    )
+
+    value: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="The secret itself: stored encrypted, used by the service, never shown again.",
+    )
+
+
+class SecretPublic(BaseModel):
+    """One of a tenant's secrets as admins see it: its name and when it was set, never its value."""
+
+    tenant: str
+    name: str = Field(
+        description="`webhook_secret`, `hub_token`, `wandb_api_key`, `mlflow_tracking_token`, "
+        "`mlflow_tracking_username` or `mlflow_tracking_password` (docs/trackers.md, docs/security.md)."
+    )
+    set_at: UtcDatetime = Field(description="When the value now in use was set (a rotation resets it).")
+
+
+class SecretsPublic(BaseModel):
+    data: list[SecretPublic] = Field(description="The secrets that are set, by name; unset ones are not listed.")
