@@ -83,7 +83,10 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        Index("ix_jobs_status_queue_priority", "status", "queue", "priority", "created_at"),  # queue_position
+        # Scale of the record (migration 0009, docs/operations.md "Scale"): a tenant's jobs by status newest first
+        # (GET /jobs?status=), the queued jobs the reconciler must still send; ix_jobs_queue_line below the class.
+        Index("ix_jobs_tenant_status_created", "tenant", "status", "created_at", "id"),
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -127,11 +130,19 @@ class Job(Base):
     artifacts_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+# A tenant's queue line in the order its jobs leave a queue (priority first, then age): queue_position counts along
+# it, and a page's positions read it (app/jobs/service.py).
+Index("ix_jobs_queue_line", Job.tenant, Job.status, Job.queue, Job.priority.desc(), Job.created_at, Job.id)
+
+
 class MetricPoint(Base):
     """One logged point of a job's curve; (job, split, step) is unique so a replay never duplicates."""
 
     __tablename__ = "metric_points"
-    __table_args__ = (UniqueConstraint("job_id", "split", "step", name="uq_metric_points_job_split_step"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "split", "step", name="uq_metric_points_job_split_step"),
+        Index("ix_metric_points_curve", "job_id", "split", "step", "loss"),  # downsampling reads only the index
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -163,7 +174,8 @@ class Artifact(Base):
 
 
 class Export(Base):
-    """An asynchronous export of a job's adapter (kind "merged": adapter merged into the base model)."""
+    """An asynchronous export of a job's adapter (kind "merged": adapter merged into the base model; kind "hub":
+    the adapter or the merged model published to a Hugging Face Hub repo)."""
 
     __tablename__ = "exports"
 
@@ -177,6 +189,9 @@ class Export(Base):
     # Set by the worker while it runs; app/inference/reaper.py fails a `running` export whose heartbeat went stale.
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Kind "hub": the target (repo_id, private, merged, revision) and, once published, {url, commit, commit_url}.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Evaluation(Base):
@@ -200,10 +215,10 @@ class Evaluation(Base):
 
 
 class TenantSecret(Base):
-    """A secret a tenant's work uses (its webhook signing secret, its Hub token), set by an admin.
+    """A secret a tenant's work uses (webhook signing secret, Hub token, tracker credentials), set by an admin.
 
-    Kept in clear in the database (the service must use them, not only check them): the database is already
-    where everything of a tenant's lives, and docs/security.md tells operators to guard it.
+    `value` is Fernet-encrypted (`fernet:<token>`, app/tenants/secret_box.py: FT_SECRETS_KEY); rows from before
+    encryption hold the clear value and are read as such until re-encrypted. `kind` is the secret's name.
     """
 
     __tablename__ = "tenant_secrets"

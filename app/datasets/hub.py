@@ -104,8 +104,9 @@ def _cached_snapshot(repo_id: str, repo_type: str) -> Path | None:
     return snapshot if COMMIT.fullmatch(commit) and snapshot.is_dir() else None
 
 
-def list_repo(repo_id: str, repo_type: str, access: HubAccess) -> RepoListing:
-    """The repo's files and sizes for this tenant's token; the cached copy's only when the Hub is unreachable."""
+def list_repo(repo_id: str, repo_type: str, access: HubAccess, revision: str | None = None) -> RepoListing:
+    """The repo's files and sizes for this tenant's token, at `revision` (None: main); the cached copy's only when
+    the Hub is unreachable (main only: which commit a branch or tag is at is the Hub's to say)."""
     import httpx2
     import huggingface_hub
 
@@ -114,9 +115,9 @@ def list_repo(repo_id: str, repo_type: str, access: HubAccess) -> RepoListing:
     info = api.dataset_info if repo_type == "dataset" else api.model_info
     try:
         with _hub_call(kind, repo_id, access):
-            found = info(repo_id, files_metadata=True, token=access.hf_token)
+            found = info(repo_id, revision=revision, files_metadata=True, token=access.hf_token)
     except (httpx2.TransportError, ConnectionError, TimeoutError) as exc:  # no answer at all (OfflineModeIsEnabled)
-        cached = _cached_snapshot(repo_id, repo_type)
+        cached = _cached_snapshot(repo_id, repo_type) if revision is None else None
         if cached is None:
             raise HubUnavailable(f"the Hugging Face Hub cannot be reached and {repo_id!r} is not cached") from exc
         files = {p.relative_to(cached).as_posix(): p.stat().st_size for p in cached.rglob("*") if p.is_file()}

@@ -1,13 +1,14 @@
-"""POST /jobs/{id}/exports: the adapter merged into its base model, as an asynchronous export on a worker.
+"""POST /jobs/{id}/exports: the adapter merged into its base model, or published to the Hub, on a worker.
 
-When an export succeeds, GET /jobs/{id}/artifacts lists `merged` and GET /jobs/{id}/artifacts/merged downloads
-it (a .tar.gz of a model directory that AutoModelForCausalLM loads). The worker side is worker/export.py.
+Kind `merged`: when it succeeds, GET /jobs/{id}/artifacts lists `merged` and GET /jobs/{id}/artifacts/merged
+downloads it (a .tar.gz of a model directory that AutoModelForCausalLM loads). Kind `hub`: the adapter (or the
+merged model) is committed to a Hugging Face Hub repo with the tenant's Hub token; the export record then names the
+repo and the commit (docs/hub.md). The worker side is worker/export.py and worker/hub_publish.py.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,60 +18,23 @@ from app.broker.tasks import EXPORT_TASK
 from app.core import http
 from app.core.cursors import keyset_page
 from app.core.db import SessionDep
-from app.core.errors import Conflict, NotFound
-from app.core.schemas import UtcDatetime
+from app.core.errors import Conflict, Invalid, NotFound
+from app.datasets.access import hub_repo_refusal
+from app.inference.export_schemas import ExportCreate, ExportPublic, ExportsPublic
 from app.jobs import service as jobs_service
 from app.models import Export, Job
 from app.spec.adapter import PROMPT_LEARNING
-from app.spec.formats import StrictModel
 from app.tenants import quotas, slots
 from app.tenants.auth import CallerDep
 from app.tenants.limits import LIMITED, inference_rate
+from app.tenants.secrets import HUB_TOKEN, get_secret
 
 router = APIRouter(prefix="/jobs", tags=["exports"])
 MERGEABLE = {"lora", "dora", "rslora", "ia3"}
 
 
-class ExportCreate(StrictModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"kind": "merged"}]})
-
-    kind: Literal["merged"] = Field("merged", description="`merged`: adapter merged into the (dequantized) base.")
-
-
-class ExportPublic(BaseModel):
-    id: str
-    job_id: str
-    kind: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    error: str | None
-    created_at: UtcDatetime
-    started_at: UtcDatetime | None = Field(None, description="When a worker began it (its heartbeat keeps it alive).")
-    finished_at: UtcDatetime | None
-    artifact_url: str | None = Field(None, description="Where the result downloads, once succeeded.")
-
-    @classmethod
-    def of(cls, export: Export) -> "ExportPublic":
-        url = f"/jobs/{export.job_id}/artifacts/{export.kind}" if export.status == "succeeded" else None
-        return cls(
-            id=export.id,
-            job_id=export.job_id,
-            kind=export.kind,
-            status=export.status,
-            error=export.error_message,
-            created_at=export.created_at,
-            started_at=export.started_at,
-            finished_at=export.finished_at,
-            artifact_url=url,
-        )
-
-
-class ExportsPublic(BaseModel):
-    data: list[ExportPublic]
-    next_cursor: str | None = None
-
-
-def create_export(session: Session, job: Job, kind: str) -> Export:
-    """A queued export of a succeeded job's adapter (the caller commits, then sends it)."""
+def _check_mergeable(job: Job) -> None:
+    """409 for an adapter that has nothing to merge into its base (classification heads, prompt learning)."""
     if job.spec.get("task") == "classification":
         raise Conflict(f"job {job.id} is a classification job: its adapter is downloaded as is, not merged")
     method = (job.spec.get("adapter") or {}).get("method", "lora")
@@ -83,11 +47,32 @@ def create_export(session: Session, job: Job, kind: str) -> Export:
         )
     if method not in MERGEABLE:
         raise Conflict(f"a {method} adapter cannot be merged into the base; export works for lora, dora, rslora, ia3")
+
+
+def _check_hub_target(session: Session, job: Job, body: ExportCreate) -> None:
+    """422 when the tenant has no Hub token to publish with, or may not use the repo (FT_HUB_ALLOW applies to
+    writes as to reads: a tenant publishes only where it could load from)."""
+    if get_secret(session, job.tenant, HUB_TOKEN) is None:
+        raise Invalid(
+            f"tenant {job.tenant!r} has no Hub token to publish with: an admin sets one with PUT "
+            f"/admin/tenants/{job.tenant}/hub-token (a Hugging Face token with write access to {body.repo_id!r})"
+        )
+    if (refusal := hub_repo_refusal(job.tenant, body.repo_id or "", "repo_id")) is not None:
+        raise Invalid(refusal)
+
+
+def create_export(session: Session, job: Job, body: ExportCreate) -> Export:
+    """A queued export of a succeeded job's adapter (the caller commits, then sends it)."""
+    if body.kind == "merged" or body.merged:
+        _check_mergeable(job)
+    if body.kind == "hub":
+        _check_hub_target(session, job, body)
     if job.status != "succeeded":
         raise Conflict(f"job {job.id} is {job.status}: an export needs the adapter of a succeeded job")
-    quotas.check_artifact_quota(session, job.tenant)  # the export is stored with the job's other artifacts
+    if body.kind == "merged":
+        quotas.check_artifact_quota(session, job.tenant)  # the export is stored with the job's other artifacts
     slots.check_calls_in_flight(session, job.tenant)  # 429 when the tenant's worker calls are at its limit
-    export = Export(job_id=job.id, kind=kind, status="queued")
+    export = Export(job_id=job.id, kind=body.kind, status="queued", options=body.hub_options())
     session.add(export)
     session.flush()
     return export
@@ -104,9 +89,9 @@ def start_export(
     job_id: str, body: ExportCreate, caller: CallerDep, session: SessionDep, request: Request, response: Response
 ) -> ExportPublic:
     """Queue an export; poll `Location` (GET /jobs/{id}/exports/{export_id}) until `succeeded`, then download the
-    artifact."""
+    artifact (`merged`) or open the repo at `hub.url` (`hub`)."""
     job = jobs_service.get_job(session, caller, job_id)
-    export = create_export(session, job, body.kind)
+    export = create_export(session, job, body)
     session.commit()  # on record before a worker can pick it up
     http.locate(request, response, "get_export", job_id=job.id, export_id=export.id)
     worker_calls.send_recorded(session, EXPORT_TASK, export, "export")

@@ -19,11 +19,12 @@ from app.spec.formats import (
     TemplateFormat,
     TextFormat,
 )
+from app.spec.init_from import InitFrom
+from app.spec.integrations import Integrations
 from app.spec.method import Method, SftMethod, method_problem
 from app.spec.preference import PreferenceFormat, UnpairedPreferenceFormat
 
 LOCAL_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-JOB_ID = r"^job_[0-9a-f]{24}$"
 
 Format = Annotated[
     TextFormat
@@ -148,15 +149,6 @@ class Training(StrictModel):
     )
 
 
-class InitFrom(StrictModel):
-    """Start from another job's trained adapter instead of a fresh one: SFT then DPO, or more training on new data."""
-
-    job: str = Field(pattern=JOB_ID, description="A finished job of the same tenant, base model and adapter method.")
-    checkpoint_step: int | None = Field(
-        None, ge=1, description="One of its checkpoints (GET /jobs/{id}/artifacts); null: its final adapter."
-    )
-
-
 class Resources(StrictModel):
     """What one machine must have to run the job; the API routes the job to workers that have it."""
 
@@ -190,7 +182,9 @@ class JobSpec(StrictModel):
         "labels for each text (format type `classification`); see docs/classification.md.",
     )
     base_model: str = Field(
-        description="A Hugging Face Hub id (`TinyLlama/TinyLlama-1.1B-Chat-v1.0`) or a directory in FT_MODELS_DIR."
+        description="A Hugging Face Hub id (`TinyLlama/TinyLlama-1.1B-Chat-v1.0`) or a directory in FT_MODELS_DIR. "
+        "A Hub PEFT adapter repo means its base, with that adapter trained on (the job's spec then shows the base "
+        "and `init_from: {hub}`); see docs/hub.md."
     )
     dataset: str | HubDataset = Field(description="An uploaded dataset id, or `{hub, split}`.")
     validation_dataset: str | HubDataset | None = Field(None, description="Held-out data for eval loss.")
@@ -210,7 +204,9 @@ class JobSpec(StrictModel):
         "see docs/preference.md.",
     )
     init_from: InitFrom | None = Field(
-        None, description="Continue from another job's adapter (or one of its checkpoints); null: a fresh adapter."
+        None,
+        description="Continue from another job's adapter (or one of its checkpoints), or from a Hub adapter repo "
+        "(`{hub}`); null: a fresh adapter.",
     )
     training: Training = Field(default_factory=Training, description="The optimisation loop.")
     resources: Resources = Field(
@@ -228,6 +224,12 @@ class JobSpec(StrictModel):
         None,
         max_length=2000,
         description="An http(s) URL POSTed (signed, retried) when the job succeeds, fails or is cancelled.",
+    )
+    integrations: Integrations = Field(
+        default_factory=list,
+        description="Experiment trackers the job's settings, metric points and adapter are logged to: "
+        '`{"type": "wandb", "wandb": {"project": ...}}` (OpenAI\'s shape) and `{"type": "mlflow", "mlflow": '
+        '{"tracking_uri": ...}}`; credentials are the tenant\'s secrets. See docs/trackers.md.',
     )
 
     @field_validator("name")

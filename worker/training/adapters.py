@@ -4,6 +4,7 @@ One builder per method, chosen by `spec.adapter.method`; the LoRA family reads `
 which budget, measured: docs/methods.md.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from peft import (
     get_peft_model,
 )
 
+from app.core.errors import Invalid
+from app.datasets import access as hub_access
+from app.datasets import hub
 from app.spec.adapter import (
     PROMPT_LEARNING,
     Ia3Adapter,
@@ -26,10 +30,13 @@ from app.spec.adapter import (
     PromptTuningAdapter,
     PTuningAdapter,
 )
+from app.spec.init_from import hub_adapter_mismatch
 from app.spec.job import JobSpec
 from worker.training.errors import TrainingError
 
 TASK = "CAUSAL_LM"
+# What is read of a Hub adapter repo: its config and safetensors weights (a pickled adapter_model.bin never is).
+HUB_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _lora(spec: JobSpec, adapter: LoraAdapter) -> LoraConfig:
@@ -102,9 +109,35 @@ def peft_config(spec: JobSpec, model: Any) -> PeftConfig:
     return _p_tuning(adapter)
 
 
+def hub_adapter(spec: JobSpec) -> Path:
+    """`init_from.hub`'s adapter files, downloaded as the job's tenant (app/datasets/access.py `current()`: its
+    allow-lists and Hub token), after checking again that it was trained on this base with this method."""
+    ref = spec.init_from
+    assert ref is not None and ref.hub is not None
+    access = hub_access.current()
+    try:
+        hub_access.check_hub_repo(access, ref.hub, "init_from.hub")
+        listing = hub.list_repo(ref.hub, "model", access, revision=ref.revision)
+        missing = [name for name in HUB_ADAPTER_FILES if name not in listing.files]
+        if missing:
+            raise Invalid(f"{ref.hub!r} is not a PEFT adapter repo with safetensors weights (no {', '.join(missing)})")
+        root = hub.fetch(listing, list(HUB_ADAPTER_FILES), access)
+    except (Invalid, hub.HubUnavailable) as exc:
+        detail = exc.detail if isinstance(exc, Invalid) else str(exc)
+        raise TrainingError("model_not_found", f"could not load init_from.hub {ref.hub!r}: {detail}") from None
+    assert root is not None
+    config = json.loads((root / "adapter_config.json").read_text(encoding="utf-8"))
+    if (mismatch := hub_adapter_mismatch(ref.hub, config, spec.base_model, spec.adapter.method)) is not None:
+        raise TrainingError("invalid_spec", f"init_from.hub: {mismatch}")
+    return root
+
+
 def add_adapter(model: Any, spec: JobSpec, init_adapter: Path | None = None) -> PeftModel:
-    """The frozen base with the spec's adapter on it, ready to train; with `init_adapter` (`init_from`), an earlier
-    job's trained adapter, trainable again (its own saved PEFT config applies)."""
+    """The frozen base with the spec's adapter on it, ready to train; with `init_adapter` (`init_from`: an earlier
+    job's trained adapter) or `init_from.hub` (a Hub adapter repo, loaded by name as the tenant), that adapter,
+    trainable again (its own saved PEFT config applies)."""
+    if init_adapter is None and spec.init_from is not None and spec.init_from.hub is not None:
+        init_adapter = hub_adapter(spec)
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     try:
