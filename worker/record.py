@@ -14,6 +14,7 @@ from app.spec.job import JobSpec
 from app.spec.lineage import job_lineage
 
 POINT_COLUMNS = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "num_tokens"}
+POINTS_PER_STATEMENT = 500  # x 11 columns: well under PostgreSQL's 65,535 and SQLite's 32,766 bound parameters
 
 
 def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
@@ -52,11 +53,21 @@ def claim_queued_request(session: Session, model: type[Any], request_id: str) ->
 
 
 def renew_lease(session: Session, job_id: str, worker: str) -> bool:
-    """Extend this worker's lease; False when the job is no longer this worker's to run."""
+    """Extend this worker's lease; False when the job is no longer this worker's to run.
+
+    A lease that has already expired is not renewed, even when the reconciler has not yet taken the job back: after
+    a database outage longer than the lease the attempt ends and the job resumes from its checkpoint, always, rather
+    than depending on which of the two reached the row first."""
+    now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status.in_(("running", "cancelling")))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.status.in_(("running", "cancelling")),
+            Job.lease_expires_at > now,
+        )
+        .values(lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
     )
     return result.rowcount == 1
 
@@ -64,8 +75,11 @@ def renew_lease(session: Session, job_id: str, worker: str) -> bool:
 def _insert_ignoring_duplicates(session: Session, values: list[dict[str, Any]]) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(MetricPoint).values(values).on_conflict_do_nothing(index_elements=["job_id", "split", "step"])
-    session.execute(stmt)
+    # In slices: the points buffered through a database outage can outnumber a statement's bind-parameter limit.
+    for start in range(0, len(values), POINTS_PER_STATEMENT):
+        rows = values[start : start + POINTS_PER_STATEMENT]
+        stmt = insert(MetricPoint).values(rows).on_conflict_do_nothing(index_elements=["job_id", "split", "step"])
+        session.execute(stmt)
 
 
 def store_points(session: Session, job_id: str, points: list[tuple[str, dict[str, Any]]]) -> None:
@@ -112,7 +126,11 @@ def set_parameters(session: Session, job_id: str, trainable: int, total: int) ->
     session.execute(update(Job).where(Job.id == job_id).values(trainable_parameters=trainable, total_parameters=total))
 
 
-def finish_job(session: Session, job_id: str, status: str, error: tuple[str, str] | None = None) -> None:
+def finish_job(
+    session: Session, job_id: str, status: str, error: tuple[str, str] | None = None, worker: str | None = None
+) -> bool:
+    """Record the job's outcome; with `worker`, only while the job is still that worker's running job (a
+    compare-and-set: an attempt whose lease went to another worker records nothing). True when recorded."""
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
@@ -121,15 +139,19 @@ def finish_job(session: Session, job_id: str, status: str, error: tuple[str, str
     }
     if error:
         values.update(error_type=error[0], error_message=error[1])
-    session.execute(update(Job).where(Job.id == job_id).values(**values))
+    mine = (Job.worker == worker, Job.status.in_(("running", "cancelling"))) if worker is not None else ()
+    return session.execute(update(Job).where(Job.id == job_id, *mine).values(**values)).rowcount == 1
 
 
-def requeue_job(session: Session, job_id: str) -> None:
-    session.execute(
+def requeue_job(session: Session, job_id: str, worker: str | None = None) -> bool:
+    """Back to `queued` (drained, out of memory); with `worker`, only while the job is that worker's running job."""
+    mine = (Job.worker == worker, Job.status.in_(("running", "cancelling"))) if worker is not None else ()
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, *mine)
         .values(status="queued", worker=None, lease_expires_at=None, enqueued_at=None, eta_seconds=None)
     )
+    return result.rowcount == 1
 
 
 def mark_enqueued(session: Session, job_id: str) -> None:
@@ -174,7 +196,9 @@ def set_lineage(session: Session, job_id: str, spec: JobSpec, device: str) -> di
         for ref in (spec.dataset, spec.validation_dataset)
     ]
     value = job_lineage(spec, shas[0], device, shas[1])
-    if spec.init_from is not None:  # the adapter this job continues from
+    if spec.init_from is not None and spec.init_from.hub is not None:  # a Hub adapter repo it continues
+        value["parent"] = {"hub": spec.init_from.hub, "revision": spec.init_from.revision}
+    elif spec.init_from is not None:  # the adapter this job continues from
         parent = init_artifact(session, spec.init_from.job, spec.init_from.checkpoint_step)
         value["parent"] = {
             "job": spec.init_from.job,

@@ -97,10 +97,12 @@ def is_shared_disk() -> bool:
     return isinstance(store(), LocalStore)
 
 
-def publish(path: Path) -> str:
-    """Upload a file written under FT_DATA_DIR to the store under its relative path; returns the key."""
+def publish(path: Path, low_memory: bool = False) -> str:
+    """Upload a file written under FT_DATA_DIR to the store under its relative path; returns the key.
+
+    `low_memory`: send fewer parts at once (the API publishing an upload's rows; workers keep the default)."""
     key = relative(path)
-    store().put_file(key, path)
+    store().put_file(key, path, low_memory)
     return key
 
 

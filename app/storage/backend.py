@@ -10,8 +10,9 @@ CHUNK_BYTES = 1 << 20
 class Store(Protocol):
     """Files by key (a relative path such as `jobs/job_x/adapter.tar.gz`). A missing key raises FileNotFoundError."""
 
-    def put_file(self, key: str, local_path: Path) -> None:
-        """Store the file at local_path under key (replacing what was there)."""
+    def put_file(self, key: str, local_path: Path, low_memory: bool = False) -> None:
+        """Store the file at local_path under key (replacing what was there); `low_memory`: fewer parallel parts
+        (the API, which does this while it takes other uploads)."""
 
     def get_file(self, key: str, local_path: Path) -> None:
         """Write the stored file to local_path, atomically (never a half-written file under that name)."""

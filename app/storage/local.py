@@ -37,7 +37,7 @@ class LocalStore:
             raise ValueError(f"key escapes the store: {key!r}")
         return path
 
-    def put_file(self, key: str, local_path: Path) -> None:
+    def put_file(self, key: str, local_path: Path, low_memory: bool = False) -> None:
         self._copy(local_path.resolve(), self.path(key))
 
     def get_file(self, key: str, local_path: Path) -> None:
