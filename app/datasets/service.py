@@ -1,6 +1,5 @@
 """Datasets: store an upload once (by sha256), normalised to JSONL, scoped to its tenant."""
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -13,23 +12,14 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.core.cursors import keyset_page
-from app.core.errors import Conflict, Invalid, NotFound, TooLarge
-from app.datasets.files import parse_dataset
+from app.core.errors import Conflict, Invalid, NotFound
+from app.datasets.files import store_rows
+from app.datasets.scan import scan_upload
 from app.models import TERMINAL_STATUSES, Dataset, Job
 from app.tenants import limits
 from app.tenants.auth import Caller, can_see, listing_tenant
 
 SAFE_FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
-
-
-def _read_limited(upload: BinaryIO, limit: int, source: str = "FT_MAX_UPLOAD_BYTES") -> bytes:
-    chunks, total = [], 0
-    while chunk := upload.read(1 << 20):
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"the upload is larger than the {limit:,}-byte limit ({source})")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def clean_filename(filename: str | None) -> str:
@@ -42,60 +32,58 @@ def clean_filename(filename: str | None) -> str:
 def create_dataset(
     session: Session, caller: Caller, upload: BinaryIO, filename: str | None, name: str | None
 ) -> tuple[Dataset, bool]:
-    """Parse, store and record an upload; returns (dataset, created). A repeat upload returns the original."""
+    """Parse, store and record an upload; returns (dataset, created). A repeat upload returns the original.
+
+    The upload is read from its spooled file a chunk at a time: once to hash it (and size it: 413 over the limit),
+    then row by row into the normalised copy. Memory holds a chunk and a row, whatever the file's size.
+    """
     tenant_limits = limits.limits_for(caller.tenant)
-    data = _read_limited(upload, tenant_limits.max_upload_bytes, tenant_limits.source("max_upload_bytes"))
+    scan = scan_upload(upload, tenant_limits.max_upload_bytes, tenant_limits.source("max_upload_bytes"))
     filename = clean_filename(filename)
-    sha256 = hashlib.sha256(data).hexdigest()
     existing = session.scalar(
-        select(Dataset).where(Dataset.tenant == caller.tenant, Dataset.sha256 == sha256).order_by(Dataset.created_at)
+        select(Dataset)
+        .where(Dataset.tenant == caller.tenant, Dataset.sha256 == scan.sha256)
+        .order_by(Dataset.created_at)
     )
     if existing is not None:
         return existing, False
-    limits.check_storage_quota(session, caller.tenant, len(data))
-    parsed = parse_dataset(filename, data)
+    limits.check_storage_quota(session, caller.tenant, scan.size)
     if name is not None and not name.strip():
         raise Invalid("name must not be blank")
     if name is not None and not name.isprintable():
         raise Invalid("name must be printable text (no control characters)")
-    staged = _stage_rows(parsed.rows)
+    staged = _staging_dir()
     try:
+        with open(staged / "rows.jsonl", "w", encoding="utf-8") as out:
+            stored = store_rows(filename, upload, scan, out)
         dataset = Dataset(
             tenant=caller.tenant,
             name=(name or filename)[:200],
             filename=filename,
-            format=parsed.format,
-            rows=len(parsed.rows),
-            columns=parsed.columns,
-            size_bytes=len(data),
-            sha256=sha256,
+            format=stored.format,
+            rows=stored.rows,
+            columns=stored.columns,
+            size_bytes=scan.size,
+            sha256=scan.sha256,
         )
         session.add(dataset)
         session.flush()
         final = storage.dataset_dir(dataset.id)
         shutil.rmtree(final, ignore_errors=True)
         staged.rename(final)
-        storage.publish(storage.dataset_rows_path(dataset.id))  # the store every worker fetches it from
+        storage.publish(storage.dataset_rows_path(dataset.id), low_memory=True)  # the store workers fetch it from
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return dataset, True
 
 
-def _stage_rows(rows: list[dict]) -> Path:
-    # Written beside the final place and renamed into it once the record exists: a failure at any point leaves
-    # neither a half-written file nor a record without its rows.
+def _staging_dir() -> Path:
+    # The rows are written beside their final place and renamed into it once the record exists: a failure at any
+    # point (a bad row at the end, a full disk) leaves neither a half-written file nor a record without its rows.
     root = storage.data_root() / "datasets"
     root.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
-    try:
-        with open(staged / "rows.jsonl", "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    return staged
+    return Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
 
 
 def read_rows(dataset_id: str, limit: int | None = None) -> list[dict[str, Any]]:
