@@ -4,7 +4,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The settings a tenant may have its own value of, in FT_TENANT_LIMITS.
@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         False, description="Artifact downloads answer 307 to a presigned bucket URL; false: the API streams them."
     )
     s3_presign_expiry_s: int = Field(3600, ge=1, description="How long a presigned download URL stays valid.")
+    s3_retry_seconds: float = Field(
+        120,
+        ge=0,
+        description="How long a file upload or download keeps retrying an S3 endpoint that is away (refused, timed "
+        "out, 5xx) before it fails; 0: boto3's own few retries only.",
+    )
 
     default_chat_template: str | None = Field(
         None,
@@ -150,6 +156,20 @@ class Settings(BaseSettings):
         description="Comma-separated CIDRs or host names that user-given URLs (webhooks, trackers) may reach "
         "although they are loopback or private, e.g. `10.1.2.0/24,hooks.internal`; empty: public addresses only.",
     )
+    # Tenant secrets at rest (app/tenants/secret_box.py, docs/security.md); the trackers (docs/trackers.md).
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="Fernet keys, comma-separated (`ftctl secrets make-key`): the first encrypts tenant secrets, "
+        "every one decrypts (rotation: put the new key first, run `ftctl secrets reencrypt`, then drop the old). "
+        "Unset: a key file made once as FT_DATA_DIR/secrets.key (mode 0600), which every API and worker process "
+        "must share.",
+    )
+    wandb_mode: Literal["online", "offline"] = Field(
+        "online",
+        description="Weights & Biases for jobs with a `wandb` integration: `online` sends runs to W&B (WANDB_BASE_URL, "
+        "else wandb.ai) with the tenant's `wandb_api_key` secret; `offline` writes them under the job's directory "
+        "for `wandb sync`, no key needed.",
+    )
     template_max_chars: int = Field(64 * 1024, ge=1, description="Longest chat template a spec may carry.")
     template_render_timeout_s: float = Field(
         20, gt=0, description="Seconds a request's chat template rendering may take in its sandbox (422 above)."
@@ -164,7 +184,10 @@ class Settings(BaseSettings):
         3600, gt=0, description="An event stream ends after this long; clients resume with Last-Event-ID."
     )
     event_stream_connections: int = Field(
-        256, ge=1, description="Redis connections one API process keeps for event streams: its most open streams (503)."
+        256,
+        ge=1,
+        description="Redis connections one API process keeps for event streams: one per job followed live, shared by "
+        "all its followers, so the most jobs it follows at once (503).",
     )
     tenant_access: dict[str, dict[str, list[str]]] = Field(
         default_factory=dict,
@@ -223,6 +246,25 @@ class Settings(BaseSettings):
     retention_artifact_days: float | None = Field(
         None, gt=0, description="Delete a finished job's artifacts this long after it ended; its record stays."
     )
+    # Logs of the API and the workers (app/observability/logs.py, docs/observability.md); traces: OTEL_* variables.
+    log_format: Literal["json", "console"] = Field(
+        "json",
+        description="`json`: one JSON object per line with request_id, job_id, tenant and attempt, for log "
+        "pipelines; `console`: aligned, readable lines (what `ftctl demo` writes).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="The lowest level logged, for every logger of the process (Celery's --loglevel too)."
+    )
+    access_log: bool = Field(
+        True,
+        description="One API log line per request (method, path, status, duration, the ids); false: only failed "
+        "requests' lines (uvicorn's own access log is replaced by this one either way).",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value  # `info` as Celery and uvicorn take it
 
     @field_validator("tenant_limits")
     @classmethod

@@ -85,13 +85,17 @@ def test_an_api_that_is_not_there_is_unreachable() -> None:
 def test_wait_polls_until_the_job_ends_reporting_progress(base_url: str, key: str, tenant: str) -> None:
     job_id = add_job(tenant, total_steps=4)
 
+    seen: list[tuple[str, int]] = []
+
     def train() -> None:
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:  # the first poll sees step 0, however loaded the machine
+            time.sleep(0.01)
         for step in range(1, 5):
             time.sleep(0.15)
             set_job(job_id, step=step)
         set_job(job_id, status="succeeded")
 
-    seen: list[tuple[str, int]] = []
     threading.Thread(target=train, daemon=True).start()
     with Client(base_url, key) as ft:
         job = ft.jobs.wait(
