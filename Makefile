@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint bench bench-serving clean vllm soak lock
+.PHONY: setup demo test test-fast lint bench bench-serving bench-api clean vllm soak lock
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: setup
 # BENCH_ARGS=--vllm adds the same load on a vLLM server (`make vllm` first).
 bench-serving: setup
 	$(PY) -m bench.serving $(BENCH_ARGS)
+
+# The API as the README starts it (uvicorn app.main:app, one process): GET /jobs/{id} under wrk -t2 -c8 -d10s (a Python
+# load generator without wrk) on SQLite and PostgreSQL (bench/api_load.py); the record at scale and many watchers:
+# `python -m bench.record_scale`, `python -m bench.watchers` (docs/operations.md).
+bench-api: setup
+	$(PY) -m bench.api_load $(BENCH_ARGS)
 
 # The soak (bench/soak.py): short jobs through two workers while workers are killed and the API and Redis restarted;
 # fails on any job lost, run twice at once or with a step twice. CI runs SOAK_ARGS="--minutes 5 --jobs 60".

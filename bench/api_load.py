@@ -1,15 +1,23 @@
 """The API under load on loopback: GET /jobs/{id} throughput and p99, and a 100,000-point metrics read.
 
 Uses wrk (Debian: `apt-get install -y wrk`) when it is installed, else a bounded asyncio generator
-(keep-alive connections, a fixed duration, 127.0.0.1 only).
+(keep-alive connections, a fixed duration, 127.0.0.1 only); every result says which.
+
+`python -m bench.api_load` (`make bench-api`) starts the API exactly as the README does (bench/readme_api.py) on
+SQLite, and on PostgreSQL when one answers at FT_TEST_POSTGRES_URL, and loads GET /jobs/{id} of a finished job with
+`wrk -t2 -c8 -d10s --latency`: requests/s, p50, p99 and the API's CPU milliseconds per request.
 """
 
+import argparse
 import asyncio
+import json
 import re
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -135,3 +143,86 @@ def metrics_read(client: httpx.Client, job_id: str, max_points: int = 1000, repe
         response.raise_for_status()
         returned = len(response.json()["train"])
     return {"median_ms": statistics.median(timings), "best_ms": min(timings), "points_returned": returned}
+
+
+def finished_job(database_url: str, tenant: str = "bench") -> str:
+    """One finished job as the service records it (full spec, lineage, 40 points), for GET /jobs/{id}."""
+    from sqlalchemy import create_engine
+
+    from bench.seed_record import seed
+
+    engine = create_engine(database_url)
+    try:
+        return seed(engine, tenant, queued=0, finished=1, points=40).big_job_id
+    finally:
+        engine.dispose()
+
+
+def measure(
+    database: str,
+    seconds: int,
+    connections: int,
+    runs: int,
+    workdir: Path,
+    code: Path | None = None,
+    uvicorn_args: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`runs` loads of GET /jobs/{id} (a finished job) on a README-started API over `database`."""
+    from contextlib import nullcontext
+
+    from bench.readme_api import ReadmeApi, postgres_database, sqlalchemy_url
+
+    results = []
+    with postgres_database() if database == "postgresql" else nullcontext(None) as url:
+        options: dict[str, Any] = {"code_dir": code} if code else {}
+        api = ReadmeApi(workdir / database, database_url=url, uvicorn_args=uvicorn_args or [], **options).prepare()
+        try:
+            job_id = finished_job(sqlalchemy_url(api.env))
+            api.start()
+            target = f"{api.base_url}/jobs/{job_id}"
+            with api.client() as client:
+                for _ in range(100):  # warm: pools, caches, the first compiled queries
+                    client.get(f"/jobs/{job_id}").raise_for_status()
+            for run in range(runs):
+                cpu_before = api.cpu_seconds()
+                load = (with_wrk if shutil.which("wrk") else with_python)(target, api.key, seconds, connections)
+                served = load["requests_per_second"] * seconds
+                load["api_cpu_ms_per_request"] = round(1000 * (api.cpu_seconds() - cpu_before) / served, 3)
+                results.append({"database": database, "run": run + 1, **load})
+        finally:
+            api.remove()
+    return results
+
+
+def main() -> None:
+    from bench.readme_api import machine, postgres_answers
+
+    parser = argparse.ArgumentParser(description="GET /jobs/{id} on the API as the README starts it")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--code", type=Path, help="run the API from this checkout (`git archive REV | tar -x -C DIR`)")
+    parser.add_argument("--uvicorn-args", default="", help="added to the README's command, for a comparison")
+    args = parser.parse_args()
+    started = machine()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ft-bench-api-") as tmp:
+        for database in args.databases.split(","):
+            if database == "postgresql" and not postgres_answers():
+                print("postgresql: none answers at FT_TEST_POSTGRES_URL; skipped")
+                continue
+            extra = args.uvicorn_args.split()
+            for result in measure(database, args.seconds, args.connections, args.runs, Path(tmp), args.code, extra):
+                results.append(result)
+                print(
+                    f"{database:10s} run {result['run']}: {result['requests_per_second']:7.1f} requests/s, "
+                    f"p50 {result['p50_ms']:6.1f} ms, p99 {result['p99_ms']:6.1f} ms, errors {result['errors']}, "
+                    f"API CPU {result['api_cpu_ms_per_request']:.2f} ms/request ({result['tool']})",
+                    flush=True,
+                )
+    print(json.dumps({"machine_at_start": started, "machine_at_end": machine(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()

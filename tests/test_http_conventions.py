@@ -116,7 +116,7 @@ def test_errors_are_problem_details_keeping_todays_fields(
     def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(jobs_service, "get_job", broken)
+    monkeypatch.setattr(jobs_service, "read_job", broken)  # what GET /jobs/{id} reads the job with
     assert "try again" in assert_problem(client.get("/jobs/job_x"), 500, "about:blank", "/jobs/job_x")["detail"]
 
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy import Row
 
 from app.core.schemas import UtcDatetime
 from app.models import Job
@@ -55,7 +56,8 @@ class JobPublic(BaseModel):
     )
 
     @classmethod
-    def of(cls, job: Job, queue_position: int | None = None) -> "JobPublic":
+    def of(cls, job: Job | Row[Any], queue_position: int | None = None) -> "JobPublic":
+        """From the ORM job or its plain row (app/jobs/service.py read_job): the same attributes either way."""
         return cls(
             id=job.id,
             tenant=job.tenant,
@@ -82,7 +84,7 @@ class JobPublic(BaseModel):
         )
 
 
-def _eta(job: Job) -> float | None:
+def _eta(job: Job | Row[Any]) -> float | None:
     """The worker's ETA, measured from the job's own steps; before its first step, the estimate's duration."""
     if job.eta_seconds is not None or job.status != "running" or job.step or not job.estimate:
         return job.eta_seconds

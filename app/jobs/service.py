@@ -4,8 +4,11 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable, Hashable, Iterable
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Row, Select, bindparam, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -105,25 +108,99 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     return job
 
 
-def queue_position(session: Session, job: Job) -> int | None:
+_JOB_BY_ID = select(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
+
+
+def job_row(session: Session, job_id: str) -> Row[Any] | None:
+    """The job's row as a plain Row (JobPublic.of and queue_position take it like a Job), or None: one statement
+    built once, no ORM loading, for reads that change nothing and run often (polls, event streams)."""
+    if not storage.SAFE_ID.fullmatch(job_id):
+        return None
+    return session.connection().execute(_JOB_BY_ID, {"job_id": job_id}).first()
+
+
+def read_job(session: Session, caller: Caller, job_id: str) -> Row[Any]:
+    """get_job for a read that changes nothing, as a plain row (job_row): GET /jobs/{id} is what dashboards and
+    clients poll, and the ORM load cost twice the CPU of the rest of the read (docs/operations.md)."""
+    row = job_row(session, job_id)
+    if row is None or not can_see(caller, row.tenant):
+        raise NotFound(f"job {job_id!r} not found; list yours with GET /jobs")
+    return row
+
+
+@cache
+def _position_counts(queue_is_null: bool) -> tuple[Select[Any], Select[Any]]:
+    """The two counts of queue_position, built once (they run on every GET of a queued job)."""
+    queue = Job.queue.is_(None) if queue_is_null else Job.queue == bindparam("queue")
+    line = (Job.tenant == bindparam("tenant"), Job.status == "queued", queue)
+    mark = tuple_(bindparam("created_at", type_=Job.created_at.type), bindparam("job_id", type_=Job.id.type))
+    higher = select(func.count()).where(*line, Job.priority > bindparam("priority"))
+    same = (Job.priority == bindparam("priority"), tuple_(Job.created_at, Job.id) < mark)
+    return higher, select(func.count()).where(*line, *same)
+
+
+def queue_position(session: Session, job: Job | Row[Any]) -> int | None:
     """1 for the next of its tenant's jobs its queue hands out: the tenant's queued jobs in the same queue with a
     higher priority, or the same priority and created earlier, are ahead. None unless queued.
 
-    Other tenants' jobs are not counted: a position must not tell a tenant how busy the others are.
+    Other tenants' jobs are not counted: a position must not tell a tenant how busy the others are. Two counts,
+    each one range of ix_jobs_queue_line read from the index alone (the higher priorities; the same priority
+    created earlier, as a row-value bound), so the database walks the entries ahead and nothing else.
     """
     if job.status != "queued":
         return None
-    same_priority_earlier = and_(
-        Job.priority == job.priority,
-        or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
-    )
-    ahead = select(func.count()).where(
+    params = {"tenant": job.tenant, "queue": job.queue, "priority": job.priority, "created_at": job.created_at,
+              "job_id": job.id}  # fmt: skip
+    connection = session.connection()
+    return 1 + sum(connection.execute(count, params).scalar() or 0 for count in _position_counts(job.queue is None))
+
+
+def _same_line(job: Job) -> list[ColumnElement[bool]]:
+    """The jobs sharing `job`'s line: its tenant's queued jobs in its queue (the prefix of ix_jobs_queue_line)."""
+    return [
         Job.tenant == job.tenant,
         Job.status == "queued",
         Job.queue.is_(None) if job.queue is None else Job.queue == job.queue,
-        or_(Job.priority > job.priority, same_priority_earlier),
-    )
-    return 1 + (session.scalar(ahead) or 0)
+    ]
+
+
+def _count(session: Session, *where: ColumnElement[bool]) -> int:
+    return session.scalar(select(func.count()).where(*where)) or 0
+
+
+def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
+    """The queue positions of a page of jobs (its queued ones), without two counts per job.
+
+    A page of GET /jobs is one run of the tenant's jobs in creation order, so within one line and priority its
+    queued jobs follow one another in the queue too: the group's last job's position is what is ahead of its
+    priority, plus that priority's jobs up to it, and the others count back from it. One GROUP BY per line
+    gives every priority's total; one count per group finds what follows its last job (little, on the first
+    pages), and one checks the group is unbroken (else each of its jobs is counted alone)."""
+    positions: dict[str, int] = {}
+    queued = [job for job in jobs if job.status == "queued"]
+    for line_jobs in _grouped(queued, lambda j: (j.tenant, j.queue)).values():
+        line = _same_line(line_jobs[0])
+        totals = dict(session.execute(select(Job.priority, func.count()).where(*line).group_by(Job.priority)).all())
+        for priority, group in _grouped(line_jobs, lambda j: j.priority).items():
+            group.sort(key=lambda j: (j.created_at, j.id))
+            first, last = tuple_(group[0].created_at, group[0].id), tuple_(group[-1].created_at, group[-1].id)
+            level = [*line, Job.priority == priority]
+            key = tuple_(Job.created_at, Job.id)
+            if _count(session, *level, key >= first, key <= last) != len(group):
+                positions.update({j.id: queue_position(session, j) or 0 for j in group})
+                continue
+            ahead = sum(n for p, n in totals.items() if p > priority)
+            last_position = ahead + totals.get(priority, 0) - _count(session, *level, key > last)
+            for offset, job in enumerate(reversed(group)):
+                positions[job.id] = last_position - offset
+    return positions
+
+
+def _grouped(jobs: Iterable[Job], by: Callable[[Job], Hashable]) -> dict[Hashable, list[Job]]:
+    groups: dict[Hashable, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(by(job), []).append(job)
+    return groups
 
 
 def list_jobs(

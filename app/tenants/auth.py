@@ -9,9 +9,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from app.core import log_context
 from app.core.db import SessionDep
 from app.core.errors import Forbidden, Invalid, Unauthorized
 from app.models import ApiKey
@@ -57,6 +58,13 @@ def create_key(session: Session, name: str, tenant: str | None = None, is_admin:
     return key
 
 
+# Every request runs this: one statement built once, read as a plain row on the session's connection. (Built per
+# call and loaded as an ORM entity it cost three times the CPU, a fifth of GET /jobs/{id}: docs/operations.md.)
+_KEY_BY_PREFIX = select(ApiKey.id, ApiKey.tenant, ApiKey.is_admin, ApiKey.key_hash).where(
+    ApiKey.prefix == bindparam("prefix"), ApiKey.revoked_at.is_(None)
+)
+
+
 def authenticate(session: Session, authorization: str | None) -> Caller:
     hint = "send `Authorization: Bearer <key>`; make a key with `ftctl keys create NAME`"
     if not authorization:
@@ -66,7 +74,7 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
     if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or key.count("_") < 2:
         raise Unauthorized(f"malformed Authorization header: {hint}", headers={"WWW-Authenticate": "Bearer"})
     lookup = key[len(KEY_PREFIX) :].split("_", 1)[0]
-    row = session.scalar(select(ApiKey).where(ApiKey.prefix == lookup, ApiKey.revoked_at.is_(None)))
+    row = session.connection().execute(_KEY_BY_PREFIX, {"prefix": lookup}).first()
     if row is None or not hmac.compare_digest(row.key_hash, hash_key(key)):
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return Caller(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
@@ -83,9 +91,18 @@ bearer_scheme = HTTPBearer(
 BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 
 
+def caller_of(session: Session, request: Request) -> Caller:
+    """The caller the request's key belongs to (401 with `WWW-Authenticate: Bearer` for no valid key), bound to
+    the request's log lines. For routes that check the key inside their own worker-thread call instead of
+    depending on CallerDep (app/jobs/endpoints.py: one thread hop per request, not three)."""
+    caller = authenticate(session, request.headers.get("authorization"))
+    log_context.bind(tenant=caller.tenant)  # on the request's log lines from here on
+    return caller
+
+
 def current_caller(request: Request, session: SessionDep, _declared: BearerKey) -> Caller:
     """The caller the request's key belongs to (401 with `WWW-Authenticate: Bearer` for no valid key)."""
-    return authenticate(session, request.headers.get("authorization"))
+    return caller_of(session, request)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

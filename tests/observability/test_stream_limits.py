@@ -1,5 +1,6 @@
 """GET /jobs/{id}/events under limits: streams per tenant, per replica, a maximum lifetime, a revoked key, and one
-shared Redis pool. A real uvicorn in-process (tests/inprocess_server.py), migrated SQLite and the real Redis."""
+blocked Redis read per followed job. A real uvicorn in-process (tests/inprocess_server.py), migrated SQLite and the
+real Redis."""
 
 import asyncio
 import secrets
@@ -123,15 +124,22 @@ def test_a_tenants_streams_are_capped_and_a_closed_one_frees_its_slot(
     asyncio.run(run())
 
 
-def test_a_replica_refuses_streams_beyond_its_redis_connections(
-    monkeypatch: pytest.MonkeyPatch, base_url: str, key: str, job_id: str
+def test_a_replica_refuses_streams_of_more_jobs_than_its_redis_connections(
+    monkeypatch: pytest.MonkeyPatch, base_url: str, key: str, tenant: str, job_id: str
 ) -> None:
-    monkeypatch.setattr(settings, "event_stream_connections", len(stream._open_here) + 1)
+    with SessionLocal() as session:
+        other = Job(tenant=tenant, status="running", spec={"base_model": "m", "dataset": "d"})
+        session.add(other)
+        session.commit()
+        other_id = other.id
+    monkeypatch.setattr(settings, "event_stream_connections", 1)
 
     async def run() -> None:
         async with client(base_url, key) as http, http.stream("GET", f"/jobs/{job_id}/events") as first:
             assert first.status_code == 200
-            busy = await http.get(f"/jobs/{job_id}/events")
+            async with http.stream("GET", f"/jobs/{job_id}/events") as same_job:
+                assert same_job.status_code == 200, "a second follower of the job shares its reader"
+            busy = await http.get(f"/jobs/{other_id}/events")
             assert busy.status_code == 503 and "FT_EVENT_STREAM_CONNECTIONS" in busy.json()["detail"]
             assert int(busy.headers["Retry-After"]) > 0
 
@@ -156,25 +164,34 @@ def test_a_stream_ends_after_its_lifetime_saying_where_to_resume(
     ), text
 
 
-def test_streams_share_one_redis_pool(monkeypatch: pytest.MonkeyPatch, key: str, job_id: str) -> None:
+def test_followers_of_one_job_share_one_blocked_read(monkeypatch: pytest.MonkeyPatch, key: str, tenant: str) -> None:
     name = f"ft-test-events-{secrets.token_hex(4)}"
     monkeypatch.setattr(events, "STREAM_CLIENT_NAME", name)  # before the server's loop makes its pool
+    with SessionLocal() as session:
+        jobs = [Job(tenant=tenant, status="running", spec={"base_model": "m", "dataset": "d"}) for _ in range(2)]
+        session.add_all(jobs)
+        session.commit()
+        first, second = (job.id for job in jobs)
+
+    async def wait_for(connections: int) -> None:
+        deadline = time.monotonic() + 3
+        while len(named_connections(name)) != connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(named_connections(name)) == connections
 
     async def run(base_url: str) -> None:
         async with client(base_url, key) as http:
-            for _ in range(5):  # one after another: each borrows the same pooled connection
-                replay = await http.get(f"/jobs/{job_id}/events?follow=false")
-                assert replay.status_code == 200
-            assert len(named_connections(name)) == 1
-            following = [await http.send(http.build_request("GET", f"/jobs/{job_id}/events"), stream=True)]
-            following += [await http.send(http.build_request("GET", f"/jobs/{job_id}/events"), stream=True)]
-            following += [await http.send(http.build_request("GET", f"/jobs/{job_id}/events"), stream=True)]
-            deadline = time.monotonic() + 3
-            while len(named_connections(name)) < 3 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert len(named_connections(name)) == 3  # one per blocked read, from the same pool
+            for _ in range(3):  # replays hold no reader
+                assert (await http.get(f"/jobs/{first}/events?follow=false")).status_code == 200
+            assert named_connections(name) == []
+            request = http.build_request
+            following = [await http.send(request("GET", f"/jobs/{first}/events"), stream=True) for _ in range(3)]
+            await wait_for(1)  # three followers, one job: one reader
+            following.append(await http.send(request("GET", f"/jobs/{second}/events"), stream=True))
+            await wait_for(2)  # a second job: its own reader
             for response in following:
                 await response.aclose()
 
+    monkeypatch.setattr(settings, "tenant_limits", {**settings.tenant_limits, tenant: {"max_event_streams": 10}})
     with serving() as base_url:
         asyncio.run(run(base_url))
