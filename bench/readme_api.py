@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import redis
 
 from ftctl.localstack import free_port
 
@@ -130,8 +131,18 @@ class ReadmeApi:
         self.process = None
 
     def remove(self) -> None:
+        """Stop, delete the work directory and what its queue left in Redis (messages, kombu's bindings)."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            for pattern in (f"{self.queue}*", f"_kombu.binding*.{self.queue}"):
+                for key in client.scan_iter(match=pattern, count=1000):
+                    client.delete(key)
+        except redis.RedisError:
+            pass  # Redis gone already (a bench's own redis-server): nothing of ours is left to read
+        finally:
+            client.close()
 
 
 def machine() -> dict[str, object]:

@@ -105,14 +105,6 @@ def _broker_known(api: ReadmeApi) -> None:
     client.close()
 
 
-def _forget_queue(api: ReadmeApi) -> None:
-    """Delete the messages POST /jobs and the sweeps sent (no worker reads the bench's queue)."""
-    client = redis.Redis.from_url(api.redis_url)
-    for key in client.scan_iter(match=f"{api.env['FT_TRAINING_QUEUE']}*", count=1000):
-        client.delete(key)
-    client.close()
-
-
 def _seconds(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
@@ -145,7 +137,6 @@ def measure(
             figures["reconciler sweep"] = _sweeps(sqlalchemy_url(api.env))
         finally:
             api.remove()
-            _forget_queue(api)
     return {"database": database, "seed_seconds": round(seeded.seconds, 1), **figures}
 
 

@@ -35,7 +35,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # Kept connections for the API's busy threads, as for SQLite: with SQLAlchemy's default 5, eight concurrent
+    # requests opened and closed a PostgreSQL session for each overflow (253 in 8 s of wrk -c8 on GET /jobs/{id},
+    # a backend fork each: docs/operations.md, Throughput). At most 20 + 10 (the default overflow) per process.
+    return create_engine(url, pool_pre_ping=True, pool_size=20)
 
 
 engine = make_engine(settings.sqlalchemy_url)
