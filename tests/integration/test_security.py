@@ -26,7 +26,7 @@ from tests.integration.conftest import Stack
 from tests.integration.replicas import cancel_queued, ftctl, replicas, stack_database_url
 
 ROWS = [{"text": f"example {i}: the quick brown fox jumps over the lazy dog"} for i in range(24)]
-ID_IN_TEXT = re.compile(r"(job|ds)_[0-9a-f]{24}")
+ID_IN_TEXT = re.compile(r"(job|ds|req)_[0-9a-f]{24}")  # req_: every error body names its own request id
 
 
 def jsonl(rows: list[dict], tag: str = "") -> bytes:
@@ -211,7 +211,7 @@ def test_keys_are_shown_once_stored_hashed_and_never_logged(stack: Stack) -> Non
             for path in ("/jobs", "/datasets", "/v1/fine_tuning/jobs", "/jobs/job_000000000000000000000000"):
                 httpx.get(f"{replica.base_url}{path}", headers=headers)
         log = (replica.log_dir / "api.log").read_text()
-    assert '"GET /jobs HTTP/1.1" 200' in log and '"GET /jobs HTTP/1.1" 401' in log, "the access log is on"
+    assert '"message": "GET /jobs 200"' in log and '"message": "GET /jobs 401"' in log, "the access log is on"
     for logged in (
         log,
         (stack.local.log_dir / "api.log").read_text(),
