@@ -49,9 +49,9 @@ def check(soak: Any, job_ids: list[str], workers: list[str], steps: int) -> dict
         if job["status"] != "succeeded":
             lost.append({"id": job_id, "status": job["status"], "error": job.get("error")})
             continue
-        steps = [p["step"] for p in soak.get(f"/jobs/{job_id}/metrics").json()["train"]]
-        if steps != list(range(1, steps + 1)):
-            duplicated.append({"id": job_id, "steps": steps})
+        curve = [p["step"] for p in soak.get(f"/jobs/{job_id}/metrics").json()["train"]]
+        if curve != list(range(1, steps + 1)):
+            duplicated.append({"id": job_id, "steps": curve})
         spans = sorted(runs.get(job_id, []), key=lambda s: s[1])
         for (w1, _, end), (w2, start, _) in zip(spans, spans[1:], strict=False):
             if start < end and w1 != w2:
