@@ -16,7 +16,7 @@ from app.core import log_context
 from app.core.config import settings
 from app.fleet.routing import worker_queues
 from app.observability import logs, request_ids, tracing
-from worker.drain import clear_draining, mark_draining
+from worker.drain import clear_draining, clear_stale_flags, mark_draining
 
 log = logging.getLogger(__name__)
 # Run in a child process: initialising CUDA here would leave the forked pool children unable to use it.
@@ -86,6 +86,7 @@ app.conf.update(
 @signals.worker_init.connect
 def _clear_stale_drain_flag(**_: object) -> None:
     clear_draining()
+    clear_stale_flags()
 
 
 @signals.worker_shutting_down.connect

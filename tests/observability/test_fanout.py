@@ -46,8 +46,10 @@ async def _followers_of_a_burst(base_url: str, key: str, job_id: str, followers:
         first = events.publish(job_id, "status", {"status": "running"})
         tasks = [asyncio.create_task(follow(http, job_id)) for _ in range(followers)]
         await asyncio.sleep(1.0)  # all joined: they wait on the one reader
+        burst_of = events.redis_client().pipeline(transaction=True)  # one MULTI: the reader gets it in one read
         for step in range(1, burst + 1):  # a burst the reader hands over in one batch, too big for any queue
-            events.publish(job_id, "metric", {"step": step, "loss": 1.0 / step})
+            events.publish(job_id, "metric", {"step": step, "loss": 1.0 / step}, client=burst_of)
+        burst_of.execute()
         events.publish(job_id, "status", {"status": "succeeded"})
         got = await asyncio.gather(*tasks)
     assert all(g[0].id == first for g in got)
