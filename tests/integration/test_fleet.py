@@ -23,6 +23,8 @@ from tests.integration.conftest import TERMINAL, Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 from tests.s3_server import S3Server, moto_server
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 QUEUE = "training-fleet"
 
 

@@ -22,6 +22,8 @@ from tests.hub_server import HubStandIn, HubUser, hub_env, hub_stand_in
 from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_end_to_end import quotes_jsonl
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 ALICE = HubUser("alice", "hf_alice_" + secrets.token_hex(8), orgs=("acme",))
 BOB = HubUser("bob", "hf_bob_" + secrets.token_hex(8))
 BASE = "tiny-org/tiny-llama"  # the tiny model, as a public Hub repo of the stand-in

@@ -11,6 +11,8 @@ from tests.conftest import MODELS_DIR
 from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_try_it import sentiment_jsonl, sentiment_spec
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 STALE_AFTER_S = 2.0
 REAPER_ENV = {
     "FT_INFERENCE_STALE_AFTER_S": str(STALE_AFTER_S),

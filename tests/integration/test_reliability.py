@@ -16,6 +16,8 @@ from tests.conftest import MODELS_DIR
 from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 CHAOS_ENV = {
     "FT_LEASE_SECONDS": "4",  # a dead worker is noticed within seconds, not minutes
     "FT_HEARTBEAT_SECONDS": "0.5",

@@ -33,6 +33,8 @@ from worker.lease import RIDE_OUT_SHARE, LeaseExpired, ride_out
 from worker.outbox import EventOutbox
 from worker.report import JobReporter
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 LEASE_S = 6.0
 WORKER = "ride-out-test:1"
 

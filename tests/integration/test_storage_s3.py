@@ -19,6 +19,8 @@ from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 from tests.integration.test_reliability import CHAOS_ENV
 from tests.s3_server import S3Server, moto_server
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 STEPS = 24
 
 

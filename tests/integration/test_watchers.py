@@ -19,6 +19,8 @@ from tests.conftest import MODELS_DIR
 from tests.integration.conftest import Stack, private_stack
 from tests.integration.test_end_to_end import qlora_spec, quotes_jsonl
 
+pytestmark = pytest.mark.own_stacks  # `make test` runs these beside the rest (Makefile)
+
 STEPS = 16
 FOLLOWERS = 50
 
