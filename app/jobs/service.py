@@ -31,18 +31,28 @@ ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
 
 def request_hash(spec: JobSpec) -> str:
-    """The sha256 of the spec as submitted, canonical (defaults filled in, keys sorted): two bodies that ask for
-    the same job hash alike however they are spelled."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The sha256 of the spec as submitted, canonical (what differs from the defaults, keys sorted): two bodies that
+    ask for the same job hash alike however they are spelled, and a field a release adds with a default (as
+    `integrations` was) leaves the hash of a body that does not use it as it was, so a retry across an upgrade
+    still gets its job back."""
+    return _sha256(spec.model_dump(mode="json", exclude_defaults=True))
 
 
-def _replayed(session: Session, caller: Caller, idempotency_key: str, spec_hash: str) -> Job | None:
+def legacy_request_hash(spec: JobSpec) -> str:
+    """The hash jobs were recorded with before 2026-12 (every default filled in): still accepted for a replay."""
+    return _sha256(spec.model_dump(mode="json"))
+
+
+def _sha256(dumped: dict) -> str:
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _replayed(session: Session, caller: Caller, idempotency_key: str, spec: JobSpec, spec_hash: str) -> Job | None:
     """The job an earlier request with this Idempotency-Key made; 422 if that request asked for another job.
 
     Jobs recorded before keys were stored with a hash (NULL) are returned as they always were."""
     job = session.scalar(select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key))
-    if job is not None and job.idempotency_hash not in (None, spec_hash):
+    if job is not None and job.idempotency_hash not in (None, spec_hash, legacy_request_hash(spec)):
         raise Invalid(
             f"Idempotency-Key {idempotency_key!r} was already used for a different request (it made job {job.id}); "
             "send a new key for a new job, or resend that request's exact body to get the same job back"
@@ -56,7 +66,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
     With an Idempotency-Key, a retry of the same request returns the job the first one made (created False),
     and the key reused for a different spec is refused (422) rather than silently answered with that job."""
     spec_hash = request_hash(spec)
-    if idempotency_key and (existing := _replayed(session, caller, idempotency_key, spec_hash)) is not None:
+    if idempotency_key and (existing := _replayed(session, caller, idempotency_key, spec, spec_hash)) is not None:
         return existing, False
     limits.check_queued_quota(session, caller.tenant)
     quotas.check_artifact_quota(session, caller.tenant)
@@ -79,7 +89,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         session.flush()
     except IntegrityError:  # two retries with one Idempotency-Key raced; the other one won
         session.rollback()
-        if idempotency_key and (winner := _replayed(session, caller, idempotency_key, spec_hash)) is not None:
+        if idempotency_key and (winner := _replayed(session, caller, idempotency_key, spec, spec_hash)) is not None:
             return winner, False
         raise
     if job.estimate and job.estimate.get("adjusted"):
