@@ -214,8 +214,20 @@ def test_sigterm_checkpoints_requeues_and_another_worker_resumes(chaos: Stack, d
     chaos.local.stop_process("worker-b")
 
 
+def _a_finished_job(stack: Stack, dataset: dict) -> dict:
+    """A succeeded job of this stack: one the module's earlier tests left, else one trained now (run alone)."""
+    finished = stack.client.get("/jobs", params={"status": "succeeded"}).json()["data"]
+    if finished:
+        return finished[0]
+    stack.local.start_worker()
+    job = _submit(stack, dataset, max_steps=3)
+    assert stack.wait(job["id"])["status"] == "succeeded"
+    stack.local.stop_process("worker")
+    return job
+
+
 def test_redis_restart_loses_no_queued_job_and_no_metrics(chaos: Stack, dataset: dict) -> None:
-    finished = chaos.client.get("/jobs", params={"status": "succeeded"}).json()["data"][0]
+    finished = _a_finished_job(chaos, dataset)
     before = chaos.client.get(f"/jobs/{finished['id']}/metrics").json()
     job = _submit(chaos, dataset, max_steps=5)  # no worker is running: it waits in the broker
     port = int(chaos.local.env["FT_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
