@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -120,8 +121,8 @@ def _start_attempt(job: Job, reporter: JobReporter) -> str:
         f", resuming from step {resume[0]}" if resume else "",
     )
     # The job's MLflow / W&B runs follow the attempt and end with its recorded status (docs/trackers.md)
-    with JobTrackers(job_id, spec, reporter.warning, resume[0] if resume else None):
-        return _train_and_record(job_id, worker, job, spec, out_dir, reporter, resume)
+    with JobTrackers(job_id, spec, reporter.warning, resume[0] if resume else None) as trackers:
+        return _train_and_record(job_id, worker, job, spec, out_dir, reporter, resume, trackers.wait_opened)
 
 
 def _train_and_record(
@@ -132,6 +133,7 @@ def _train_and_record(
     out_dir: Path,
     reporter: JobReporter,
     resume: tuple[int, Path] | None,
+    trackers_opened: Callable[[], None],
 ) -> str:
     """Train, pack and publish the adapter, and record exactly one outcome."""
     try:
@@ -139,7 +141,10 @@ def _train_and_record(
         with tracing.span(
             "training", {"ft.job_id": job_id, "ft.attempt": job.attempts, "ft.base_model": spec.base_model}
         ):
-            result = _train(job_id, worker, spec, out_dir, ObservedReport(reporter), resume[1] if resume else None)
+            try:
+                result = _train(job_id, worker, spec, out_dir, ObservedReport(reporter), resume[1] if resume else None)
+            finally:
+                trackers_opened()  # a tracker's warning goes out before the outcome's status event ends the streams
         if reporter.lease_lost:
             raise reporter.lease_error()
         with tracing.span("save", {"ft.job_id": job_id}):

@@ -47,12 +47,15 @@ def _sha256(dumped: dict) -> str:
     return hashlib.sha256(json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _replayed(session: Session, caller: Caller, idempotency_key: str, spec: JobSpec, spec_hash: str) -> Job | None:
+def _replayed(
+    session: Session, caller: Caller, idempotency_key: str, spec_hash: str, legacy_hash: str | None = None
+) -> Job | None:
     """The job an earlier request with this Idempotency-Key made; 422 if that request asked for another job.
 
-    Jobs recorded before keys were stored with a hash (NULL) are returned as they always were."""
+    Jobs recorded before keys were stored with a hash (NULL) are returned as they always were; those recorded with
+    the full-dump hash match `legacy_hash`."""
     job = session.scalar(select(Job).where(Job.tenant == caller.tenant, Job.idempotency_key == idempotency_key))
-    if job is not None and job.idempotency_hash not in (None, spec_hash, legacy_request_hash(spec)):
+    if job is not None and job.idempotency_hash not in (None, spec_hash, legacy_hash):
         raise Invalid(
             f"Idempotency-Key {idempotency_key!r} was already used for a different request (it made job {job.id}); "
             "send a new key for a new job, or resend that request's exact body to get the same job back"
@@ -65,8 +68,8 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
 
     With an Idempotency-Key, a retry of the same request returns the job the first one made (created False),
     and the key reused for a different spec is refused (422) rather than silently answered with that job."""
-    spec_hash = request_hash(spec)
-    if idempotency_key and (existing := _replayed(session, caller, idempotency_key, spec, spec_hash)) is not None:
+    spec_hash, legacy_hash = request_hash(spec), legacy_request_hash(spec)
+    if idempotency_key and (existing := _replayed(session, caller, idempotency_key, spec_hash, legacy_hash)):
         return existing, False
     limits.check_queued_quota(session, caller.tenant)
     quotas.check_artifact_quota(session, caller.tenant)
@@ -89,7 +92,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         session.flush()
     except IntegrityError:  # two retries with one Idempotency-Key raced; the other one won
         session.rollback()
-        if idempotency_key and (winner := _replayed(session, caller, idempotency_key, spec, spec_hash)) is not None:
+        if idempotency_key and (winner := _replayed(session, caller, idempotency_key, spec_hash, legacy_hash)):
             return winner, False
         raise
     if job.estimate and job.estimate.get("adjusted"):

@@ -28,6 +28,7 @@ from worker.trackers.points import flat_params, merged_steps, run_config
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 2.0
+OPEN_WAIT_S = 30.0  # how long the outcome waits for the trackers to have started (or failed to)
 FINISH_TIMEOUT_S = 300.0  # the attempt's outcome is recorded already; this only holds the worker's next job
 
 
@@ -40,6 +41,7 @@ class JobTrackers:
         self.references: list[dict[str, Any]] = []  # every integration's: what the job's lineage shows
         self._since: dict[str, int | None] = {"train": None, "eval": None}
         self._stop = threading.Event()
+        self._opened = threading.Event()  # every run started or failed to: its warning, if any, is queued
         # Run in a copy of this context: the thread's log lines carry the job's ids (app/core/log_context.py)
         context = contextvars.copy_context()
         self._thread = threading.Thread(
@@ -62,8 +64,17 @@ class JobTrackers:
             )
 
     # --- on the trackers' thread ---
+    def wait_opened(self, timeout_s: float = OPEN_WAIT_S) -> None:
+        """Wait (bounded) until every run has started or failed to, so that a tracker's warning reaches the job's
+        events before the outcome's status event, which ends every follower's stream."""
+        if self._thread.is_alive():
+            self._opened.wait(timeout_s)
+
     def _follow(self) -> None:
-        self._open()
+        try:
+            self._open()
+        finally:
+            self._opened.set()
         while self.runs and not self._stop.wait(FLUSH_EVERY_S):
             self._send_points()
         self._stop.wait()  # a tracker that could not start still waits for the attempt, then ends nothing
