@@ -8,6 +8,7 @@ clears its flag, and a pid comes round again, so a flag named by pid alone would
 drew that pid (a job requeued at its first step for no reason).
 """
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -52,4 +53,11 @@ def is_draining() -> bool:
     the task process that started torchrun and that task's Celery parent."""
     pids = [os.getppid(), os.getpid()]
     pids += [int(p) for p in os.environ.get("FT_DRAIN_PIDS", "").split(",") if p.strip().isdigit()]
-    return any(drain_flag(pid).exists() for pid in pids)
+    return any(flag.exists() for flag in _watched_flags(tuple(pids)))
+
+
+@functools.lru_cache(maxsize=8)
+def _watched_flags(pids: tuple[int, ...]) -> tuple[Path, ...]:
+    """The flags `is_draining` looks for, named once: it runs at every training step, and a live process's start
+    time never changes (a reparented child asks with other pids)."""
+    return tuple(drain_flag(pid) for pid in pids)

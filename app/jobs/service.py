@@ -68,9 +68,11 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
 
     With an Idempotency-Key, a retry of the same request returns the job the first one made (created False),
     and the key reused for a different spec is refused (422) rather than silently answered with that job."""
-    spec_hash, legacy_hash = request_hash(spec), legacy_request_hash(spec)
-    if idempotency_key and (existing := _replayed(session, caller, idempotency_key, spec_hash, legacy_hash)):
-        return existing, False
+    spec_hash = legacy_hash = None  # hashed only for a request that carries a key
+    if idempotency_key:
+        spec_hash, legacy_hash = request_hash(spec), legacy_request_hash(spec)
+        if existing := _replayed(session, caller, idempotency_key, spec_hash, legacy_hash):
+            return existing, False
     limits.check_queued_quota(session, caller.tenant)
     quotas.check_artifact_quota(session, caller.tenant)
     report = validate_service.validate_submission(session, caller, spec)
@@ -82,7 +84,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         spec=spec.model_dump(mode="json"),
         dataset_id=spec.dataset if isinstance(spec.dataset, str) else None,
         idempotency_key=idempotency_key,
-        idempotency_hash=spec_hash if idempotency_key else None,
+        idempotency_hash=spec_hash,
         estimate=estimate_service.stored_estimate(report),
         queue=training_queue_for(spec.resources),
         priority=spec.priority,
@@ -92,7 +94,7 @@ def create_job(session: Session, caller: Caller, spec: JobSpec, idempotency_key:
         session.flush()
     except IntegrityError:  # two retries with one Idempotency-Key raced; the other one won
         session.rollback()
-        if idempotency_key and (winner := _replayed(session, caller, idempotency_key, spec_hash, legacy_hash)):
+        if spec_hash and (winner := _replayed(session, caller, idempotency_key, spec_hash, legacy_hash)):
             return winner, False
         raise
     if job.estimate and job.estimate.get("adjusted"):

@@ -53,6 +53,12 @@ class JobTrackers:
             self._thread.start()
         return self
 
+    def wait_opened(self, timeout_s: float = OPEN_WAIT_S) -> None:
+        """Wait (bounded) until every run has started or failed to, so that a tracker's warning reaches the job's
+        events before the outcome's status event, which ends every follower's stream."""
+        if self._thread.is_alive():
+            self._opened.wait(timeout_s)
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if not self._thread.is_alive():
             return
@@ -64,12 +70,6 @@ class JobTrackers:
             )
 
     # --- on the trackers' thread ---
-    def wait_opened(self, timeout_s: float = OPEN_WAIT_S) -> None:
-        """Wait (bounded) until every run has started or failed to, so that a tracker's warning reaches the job's
-        events before the outcome's status event, which ends every follower's stream."""
-        if self._thread.is_alive():
-            self._opened.wait(timeout_s)
-
     def _follow(self) -> None:
         try:
             self._open()
